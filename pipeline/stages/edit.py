@@ -1,0 +1,150 @@
+"""Edit stage: shots → one 1080×1920 H.264/AAC MP4 with subtitles, −14 LUFS audio and AIGC labels.
+
+Every pixel is encoded once: the video stage hands over lossless clips and this stage runs a single
+ffmpeg graph (concat → scale/crop to 1080×1920 → burned primary subtitles → visible "AI生成" label →
+x264), with one loudness-normalised AAC track per dub language and soft subtitles for every language.
+Loudness is normalised in two passes (EBU R128 measurement, then loudnorm with the measured values).
+The implicit AIGC label (GB 45438-2025) is JSON in the container metadata under the key "AIGC".
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ffmpeg
+import numpy as np
+
+from pipeline.cache import file_digest
+from pipeline.job import Job
+from pipeline.stages import StageCall, StageRun
+from pipeline.stages.dub import SAMPLE_RATE, read_audio, write_audio
+from pipeline.subtitles import events, write_ass, write_srt
+
+VERSION = 1
+ISO639_2 = {"zh": "chi", "en": "eng", "ja": "jpn", "ko": "kor", "es": "spa", "fr": "fre", "de": "ger",
+            "pt": "por", "ru": "rus", "th": "tha", "vi": "vie", "id": "ind", "ar": "ara"}
+PRODUCER = "microdrama"
+
+
+@dataclass(frozen=True)
+class EditStage:
+    job: Job
+    name: str = "edit"
+    reads: tuple[str, ...] = ("video.clip", "dub.audio", "dub.lines")
+    writes: tuple[str, ...] = ("episode", "subtitles", "timeline")
+
+    def cache_key_parts(self, call: StageCall) -> list[Any]:
+        shots = call.inputs["shots"]
+        return [self.name, VERSION, self.job.stages.edit.model_dump(), self.job.languages,
+                self.job.stages.video.fps, self.job.drama, self.job.episode, self.job.company,
+                [(s["id"], file_digest(s["clip"]), {k: file_digest(v) for k, v in s["audio"].items()},
+                  s["lines"], s["duration_s"]) for s in shots]]
+
+    def run(self, call: StageCall, run: StageRun) -> dict[str, Any]:
+        e = self.job.stages.edit
+        (run.workdir / "inputs.json").write_text(json.dumps(call.inputs, ensure_ascii=False), "utf-8")
+        shots = timeline(call.inputs["shots"])
+        dub_langs = list(shots[0]["audio"]) if shots else []
+        subs = self.write_subtitles(shots, run.workdir)
+        tracks = {lang: self.join_audio(shots, lang, run.workdir) for lang in dub_langs}
+        loud = {lang: measure_loudness(path, e.loudness_lufs, e.true_peak_db) for lang, path in tracks.items()}
+        out = run.workdir / "episode.mp4"
+        content_id = call.inputs.get("content_id") or f"{self.job.drama}/{self.job.episode}"
+        graph = build_graph(self.job, [s["clip"] for s in shots], tracks, loud, subs, out, content_id)
+        graph.run(quiet=True, overwrite_output=True)
+        return {"episode": str(out), "subtitles": subs, "inputs": str(run.workdir / "inputs.json"), "timeline": shots,
+                "duration_s": sum(s["duration_s"] for s in shots), "loudness_in": loud,
+                "audio_languages": dub_langs, "content_id": content_id}
+
+    def write_subtitles(self, shots: list[dict], workdir: Path) -> dict[str, dict[str, str]]:
+        e = self.job.stages.edit
+        primary_dub = next(iter(shots[0]["audio"])) if shots else self.job.primary_language
+        subs = {}
+        for lang in self.job.languages:
+            evs = events(shots, lang, primary_dub)
+            srt, ass = workdir / f"episode.{lang}.srt", workdir / f"episode.{lang}.ass"
+            write_srt(srt, evs)
+            write_ass(ass, evs, font=e.font, width=e.width, height=e.height)
+            subs[lang] = {"srt": str(srt), "ass": str(ass)}
+        return subs
+
+    def join_audio(self, shots: list[dict], lang: str, workdir: Path) -> str:
+        track = np.concatenate([read_audio(Path(s["audio"][lang])) for s in shots])
+        path = workdir / f"episode.{lang}.wav"
+        write_audio(path, track)
+        return str(path)
+
+
+def timeline(shots: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Shots with start/end on the episode clock, in order."""
+    t, out = 0.0, []
+    for s in shots:
+        out.append({**s, "start": round(t, 6), "end": round(t + s["duration_s"], 6)})
+        t += s["duration_s"]
+    return out
+
+
+def measure_loudness(path: str, target: float, true_peak: float) -> dict[str, str]:
+    """First loudnorm pass: the measured integrated loudness, range, true peak and threshold."""
+    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-i", path, "-af",
+           f"loudnorm=I={target}:TP={true_peak}:LRA=11:print_format=json", "-f", "null", "-"]
+    err = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+    data = json.loads(err[err.rindex("{"): err.rindex("}") + 1])
+    return {k: data[k] for k in ("input_i", "input_tp", "input_lra", "input_thresh", "target_offset")}
+
+
+def aigc_label(job: Job, content_id: str) -> str:
+    """Implicit label per GB 45438-2025: generated flag, producer, content id (JSON under "AIGC")."""
+    producer = f"{PRODUCER}/{job.company}" if job.company else PRODUCER
+    return json.dumps({"Label": "1", "ContentProducer": producer, "ProduceID": content_id,
+                       "ReservedCode1": "", "ContentPropagator": "", "PropagateID": "",
+                       "ReservedCode2": ""}, ensure_ascii=False, separators=(",", ":"))
+
+
+def font_file(family: str) -> str:
+    path = subprocess.run(["fc-match", "-f", "%{file}", family], capture_output=True, text=True).stdout
+    if not path or not Path(path).exists():
+        raise RuntimeError(f"stages.edit.font: font {family!r} not found; install fonts-noto-cjk")
+    return path
+
+
+def build_graph(job: Job, clips: list[str], tracks: dict[str, str], loud: dict[str, dict[str, str]],
+                subs: dict[str, dict[str, str]], out: Path, content_id: str,
+                two_pass: bool = True, audio_streams: dict[str, Any] | None = None) -> Any:
+    """The single ffmpeg graph producing the final MP4. The bench's reference passes `audio_streams`
+    (shot WAVs concatenated inside ffmpeg) and `two_pass=False` to do the whole edit in one command."""
+    e = job.stages.edit
+    fps = job.stages.video.fps
+    video = ffmpeg.concat(*[ffmpeg.input(c).video for c in clips], v=1, a=0) if len(clips) > 1 else \
+        ffmpeg.input(clips[0]).video
+    video = (video.filter("scale", e.width, e.height, force_original_aspect_ratio="increase", flags="lanczos")
+             .filter("crop", e.width, e.height).filter("setsar", 1))
+    if e.burn_subtitles:
+        video = video.filter("subtitles", subs[job.primary_language]["ass"],
+                             fontsdir=str(Path(font_file(e.font)).parent))
+    video = video.filter("drawtext", text=e.label_text, fontfile=font_file(e.font), fontsize=56,
+                         fontcolor="white", box=1, boxcolor="black@0.5", boxborderw=16,
+                         x="w-tw-56", y=120, enable=f"lt(t\\,{e.label_seconds})")
+    video = video.filter("format", "yuv420p")
+    streams, opts = [video], {}
+    for i, (lang, wav) in enumerate(tracks.items()):
+        norm = dict(I=e.loudness_lufs, TP=e.true_peak_db, LRA=11)
+        if two_pass:
+            m = loud[lang]
+            norm.update(measured_I=m["input_i"], measured_TP=m["input_tp"], measured_LRA=m["input_lra"],
+                        measured_thresh=m["input_thresh"], offset=m["target_offset"], linear="true")
+        source = audio_streams[lang] if audio_streams else ffmpeg.input(wav).audio
+        streams.append(source.filter("loudnorm", **norm).filter("aresample", SAMPLE_RATE))
+        opts[f"metadata:s:a:{i}"] = f"language={ISO639_2.get(lang, lang)}"
+    for i, (lang, files) in enumerate(subs.items()):
+        streams.append(ffmpeg.input(files["srt"]))
+        opts[f"metadata:s:s:{i}"] = f"language={ISO639_2.get(lang, lang)}"
+    opts.update({"metadata:g:0": f"AIGC={aigc_label(job, content_id)}",
+                 "metadata:g:1": f"title={job.title or job.episode}",
+                 "metadata:g:2": "comment=AI生成 (AI-generated content, GB 45438-2025)"})
+    return ffmpeg.output(*streams, str(out), vcodec="libx264", crf=e.crf, preset=e.preset,
+                         r=fps, acodec="aac", audio_bitrate=e.audio_bitrate, ac=1, scodec="mov_text",
+                         movflags="+faststart+use_metadata_tags", **opts)

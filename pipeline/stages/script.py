@@ -1,0 +1,51 @@
+"""Script stage: the screenplay (a writer's file, or one an LLM writes from a logline) → typed Script."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.job import Job
+from pipeline.script import Script
+from pipeline.stages import StageCall, StageRun, report_all
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class ScriptStage:
+    job: Job
+    name: str = "script"
+    reads: tuple[str, ...] = ("job.screenplay",)
+    writes: tuple[str, ...] = ("script",)
+
+    def screenplay_path(self) -> Path:
+        return (self.job.job_dir / self.job.screenplay).resolve()
+
+    def cache_key_parts(self, call: StageCall) -> list[Any]:
+        s = self.job.stages.script
+        text = self.screenplay_path().read_text(encoding="utf-8")
+        return [self.name, VERSION, s.backend, s.options, text, self.job.languages[0], self.job.seed]
+
+    def run(self, call: StageCall, run: StageRun) -> dict[str, Any]:
+        from pipeline import screenplay
+
+        backend = run.backend
+        source = self.screenplay_path()
+        if hasattr(backend, "write") and not hasattr(backend, "reads_file"):
+            result = backend.write(logline=self.job.title, beats=[], language=self.job.primary_language,
+                                   seed=self.job.seed)
+            report_all(run, result.ai_usage)
+            text = result.outputs["screenplay"]
+            (run.workdir / "screenplay.fountain").write_text(text, encoding="utf-8")
+            script = screenplay.parse(text, source="generated screenplay")
+        else:
+            script = screenplay.load(source)
+        out = run.workdir / "script.json"
+        out.write_text(script.model_dump_json(indent=1), encoding="utf-8")
+        return {"script": str(out), "shots": [s.id for s in script.shots]}
+
+
+def load_script(outputs: dict[str, Any]) -> Script:
+    return Script.model_validate(json.loads(Path(outputs["script"]).read_text(encoding="utf-8")))

@@ -1,0 +1,61 @@
+"""Translate stage: fills every line's missing job languages (screenplay translations win), glossary-aware."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.job import Job
+from pipeline.script import Script
+from pipeline.stages import StageCall, StageRun, report_all
+
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class TranslateStage:
+    job: Job
+    name: str = "translate"
+    reads: tuple[str, ...] = ("script",)
+    writes: tuple[str, ...] = ("script",)
+
+    def cache_key_parts(self, call: StageCall) -> list[Any]:
+        s = self.job.stages.translate
+        script_text = Path(call.inputs["script"]["script"]).read_text(encoding="utf-8")
+        return [self.name, VERSION, s.backend, s.options, s.glossary, self.job.languages, script_text]
+
+    def run(self, call: StageCall, run: StageRun) -> dict[str, Any]:
+        script = Script.model_validate_json(Path(call.inputs["script"]["script"]).read_text("utf-8"))
+        src = script.language
+        filled: dict[tuple[int, int, int], dict[str, str]] = {}
+        lines = [(si, hi, li, line) for si, sc in enumerate(script.scenes)
+                 for hi, sh in enumerate(sc.shots) for li, line in enumerate(sh.lines)]
+        for lang in self.job.languages:
+            todo = [(k, line) for *k, line in lines if lang not in line.text]
+            if not todo:
+                continue
+            glossary = _glossary(script, src, lang, self.job.stages.translate.glossary.get(lang, {}))
+            result = run.backend.translate([line.text[src] for _, line in todo], src=src, tgt=lang,
+                                           glossary=glossary)
+            report_all(run, result.ai_usage)
+            for (k, _line), text in zip(todo, result.outputs["texts"]):
+                filled.setdefault(tuple(k), {})[lang] = text
+        script = _apply(script, filled)
+        out = run.workdir / "script.json"
+        out.write_text(script.model_dump_json(indent=1), encoding="utf-8")
+        return {"script": str(out), "translated_lines": len(filled)}
+
+
+def _glossary(script: Script, src: str, tgt: str, extra: dict[str, str]) -> dict[str, str]:
+    names = {c.names.get(src, c.name): c.names[tgt] for c in script.characters.values() if tgt in c.names}
+    return {**names, **extra}
+
+
+def _apply(script: Script, filled: dict[tuple[int, int, int], dict[str, str]]) -> Script:
+    if not filled:
+        return script
+    data = json.loads(script.model_dump_json())
+    for (si, hi, li), texts in filled.items():
+        data["scenes"][si]["shots"][hi]["lines"][li]["text"].update(texts)
+    return Script.model_validate(data)

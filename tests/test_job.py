@@ -1,0 +1,74 @@
+"""Episode job loading: every shipped config validates; bad input names the field and the fix."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import JobError
+from pipeline.job import CONFIGS, apply_overrides, load_job, load_profile
+
+SCREENPLAY = "Title: t\n\nINT. ROOM - DAY\n\nANNA\nHi.\n"
+
+
+def write_job(tmp_path: Path, body: str) -> Path:
+    (tmp_path / "ep.fountain").write_text(SCREENPLAY, encoding="utf-8")
+    path = tmp_path / "job.yaml"
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+BASE = "drama: d\nepisode: e1\nscreenplay: ep.fountain\n"
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "episodes").glob("*/job.yaml")), ids=str)
+def test_every_shipped_job_validates(path: Path) -> None:
+    job = load_job(path)
+    assert job.out_path == Path(job.output_dir) / job.drama / job.episode
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS / "profiles").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_profile_loads(path: Path) -> None:
+    assert load_profile(path.stem).name == path.stem
+
+
+def test_defaults_and_override(tmp_path: Path) -> None:
+    job = load_job(write_job(tmp_path, BASE), ["stages.video.fps=12", "languages=[zh, en]"])
+    assert job.stages.video.fps == 12 and job.languages == ["zh", "en"]
+    assert job.profile == "preview-cpu" and job.stages.storyboard.backend == "procedural"
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ("colour: red\n", "colour: unknown key"),
+    ("stages: {video: {fsp: 3}}\n", "stages.video.fsp: unknown key"),
+    ("stages: {video: {backend: sora}}\n", "stages.video.backend: unknown backend 'sora'"),
+    ("stages: {video: {width: 1920, height: 1080}}\n", "stages.video: 1920x1080 is not 9:16"),
+    ("profile: nope\n", "profile: unknown profile 'nope'"),
+    ("budget: {max_cny: 1.5}\n", "budget.max_cny: write money as a string"),
+    ("languages: [zh, ZH!]\n", "languages: not language codes"),
+])
+def test_bad_fields_are_named(tmp_path: Path, extra: str, needle: str) -> None:
+    with pytest.raises(JobError) as exc:
+        load_job(write_job(tmp_path, BASE + extra))
+    assert needle in str(exc.value)
+
+
+def test_malformed_yaml_names_line(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match=r"job.yaml: line \d+, column \d+: malformed YAML"):
+        load_job(write_job(tmp_path, "drama: d\nepisode: [e1\n"))
+
+
+def test_missing_and_escaping_screenplay(tmp_path: Path) -> None:
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    with pytest.raises(JobError, match="screenplay: file not found"):
+        load_job(write_job(job_dir, BASE.replace("ep.fountain", "missing.fountain")))
+    (tmp_path / "outside.fountain").write_text(SCREENPLAY)
+    with pytest.raises(JobError, match="outside the job's folder"):
+        load_job(write_job(job_dir, BASE.replace("ep.fountain", "../outside.fountain")))
+
+
+def test_override_syntax() -> None:
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}
+    with pytest.raises(JobError, match="expected KEY=VALUE"):
+        apply_overrides({}, ["novalue"])
