@@ -8,6 +8,8 @@ sink (the ledger writer) from the worker before the result is returned.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import socket
 import traceback
@@ -20,7 +22,7 @@ from typing import Any, Callable
 import ray
 
 from models.registry import resolve
-from pipeline.cache import Cache, digest
+from pipeline.cache import Cache, digest, file_digest
 from pipeline.job import Job
 from pipeline.metering.meter import Meter
 from pipeline.metering.usage import UsageRecord
@@ -93,13 +95,19 @@ def is_resident(job: Job, stage: str) -> bool:
     return bool(getattr(cls, "resident", False)) or settings.num_gpus > 0
 
 
+@functools.lru_cache(maxsize=None)
+def code_version(cls: type) -> str:
+    """Digest of the stage's own source file: editing a stage invalidates exactly its cache entries."""
+    return file_digest(inspect.getsourcefile(cls))[:16]
+
+
 def execute(info: RunInfo, stage_name: str, call: StageCall, attempt: int = 1,
             backend: Any = None) -> dict[str, Any]:
     """Run one stage execution through the cache and the meter; always emits exactly one usage record."""
     stage = STAGES[stage_name][0](info.job)
     settings = backend_settings(info.job, stage_name)
     cache = Cache(info.cache_root)
-    key = digest(*stage.cache_key_parts(call))
+    key = digest(code_version(type(stage)), *stage.cache_key_parts(call))
     meter = Meter(job=info.run_id, drama=info.job.drama, episode=info.job.episode, stage=stage_name,
                   shot=call.shot_id, backend=settings.backend if settings else "ffmpeg", attempt=attempt,
                   gpus=float(settings.num_gpus) if settings else 0.0,

@@ -72,8 +72,10 @@ class Submitter:
 
 
 def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, sink: Any = None,
-                run_id: str | None = None) -> dict[str, Any]:
-    """Run the whole episode; returns the manifest (also written beside the episode)."""
+                run_id: str | None = None, before_stage: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the whole episode on Ray; returns (manifest, edit outputs). Publishing is the caller's.
+
+    `before_stage(stage, executions)` is called before each stage is submitted (the budget guard)."""
     ensure_ray(address)
     info = RunInfo(run_id=run_id or new_run_id(job), job=job,
                    cache_root=str((Path.cwd() / job.cache_dir).resolve()
@@ -81,14 +83,19 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
     sub = Submitter(info)
     progress = Progress(quiet=quiet, title=f"{job.drama}/{job.episode}")
     results: dict[str, Any] = {}
+    guard = before_stage or (lambda stage, n: None)
     try:
         with progress:
+            guard("script", 1)
             results["script"] = progress.wait("script", [sub.submit("script", StageCall(None))])[0]
+            guard("translate", 1)
             results["translate"] = progress.wait("translate", [sub.submit(
                 "translate", StageCall(None), script=ray.put(results["script"]))])[0]
             script = load_script(results["translate"]["outputs"])
             shots = script.shots
             per_shot = {}
+            for stage in SHOT_STAGES:
+                guard(stage, len(shots))
             for shot in shots:
                 base = StageCall(shot.id, {"shot": shot, "script": script})
                 sb = sub.submit("storyboard", base)
@@ -104,13 +111,12 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
                            "lines": per_shot[s.id]["dub"]["outputs"]["lines"],
                            "duration_s": per_shot[s.id]["dub"]["outputs"]["duration_s"]} for s in shots]
             content_id = f"{job.drama}/{job.episode}/{job.config_hash()}"
+            guard("edit", 1)
             results["edit"] = progress.wait("edit", [sub.submit(
                 "edit", StageCall(None, {"shots": edit_input, "content_id": content_id}))])[0]
     finally:
         sub.close()
-    manifest = build_manifest(job, info, script, per_shot, results)
-    publish(job, results["edit"]["outputs"], manifest)
-    return manifest
+    return build_manifest(job, info, script, per_shot, results), results["edit"]["outputs"]
 
 
 def build_manifest(job: Job, info: RunInfo, script: Any, per_shot: dict, results: dict) -> dict[str, Any]:

@@ -97,7 +97,8 @@ def write_usage_table(path: Path, usage: list[dict], costs: list[dict]) -> None:
 
 
 def log_episode(*, tracking_uri: str, job: Any, manifest: dict[str, Any], usage: list[dict],
-                costs: list[dict], out_dir: Path, checkpoint: dict[str, Any] | None) -> str:
+                costs: list[dict], out_dir: Path, checkpoint: dict[str, Any] | None,
+                delayed_from: str | None = None) -> str:
     """Log the episode's parent run and its stage child runs; returns the parent run id."""
     import mlflow
 
@@ -108,6 +109,8 @@ def log_episode(*, tracking_uri: str, job: Any, manifest: dict[str, Any], usage:
     tags = {"company": job.company, "drama": job.drama, "episode": job.episode, "profile": job.profile,
             "microdrama.run_id": manifest["run_id"], "job_hash": manifest["job_hash"],
             "microdrama.kind": "episode", "total_cost_cny": str(total_cost)}
+    if delayed_from:
+        tags["microdrama.delayed_from"] = delayed_from  # logged late: MLflow was unreachable at run time
     if checkpoint:
         tags.update({"ledger.checkpoint.size": str(checkpoint["tree_size"]),
                      "ledger.checkpoint.root": checkpoint["root_hash"]})
@@ -158,5 +161,5 @@ def _log_artifacts(mlflow: Any, out_dir: Path, usage: list[dict], costs: list[di
         (Path(tmp) / "usage.json").write_text(json.dumps(usage, ensure_ascii=False, indent=1), "utf-8")
         mlflow.log_artifact(str(Path(tmp) / "usage.json"), artifact_path="metering")
         if checkpoint:
-            (Path(tmp) / "checkpoint.txt").write_text(checkpoint["text"], "utf-8")
+            (Path(tmp) / "checkpoint.txt").write_text(checkpoint["note"], "utf-8")
             mlflow.log_artifact(str(Path(tmp) / "checkpoint.txt"), artifact_path="ledger")

@@ -3,12 +3,14 @@
 Every pixel is encoded once: the video stage hands over lossless clips and this stage runs a single
 ffmpeg graph (concat → scale/crop to 1080×1920 → burned primary subtitles → visible "AI生成" label →
 x264), with one loudness-normalised AAC track per dub language and soft subtitles for every language.
-Loudness is normalised in two passes (EBU R128 measurement, then loudnorm with the measured values).
+Loudness: the integrated level (EBU R128) is measured through the same gain + true-peak limiter chain
+the final graph applies, so the delivered track lands on the target.
 The implicit AIGC label (GB 45438-2025) is JSON in the container metadata under the key "AIGC".
 """
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +56,7 @@ class EditStage:
         out = run.workdir / "episode.mp4"
         content_id = call.inputs.get("content_id") or f"{self.job.drama}/{self.job.episode}"
         graph = build_graph(self.job, [s["clip"] for s in shots], tracks, loud, subs, out, content_id)
-        graph.run(quiet=True, overwrite_output=True)
+        run_ffmpeg(graph)
         return {"episode": str(out), "subtitles": subs, "inputs": str(run.workdir / "inputs.json"), "timeline": shots,
                 "duration_s": sum(s["duration_s"] for s in shots), "loudness_in": loud,
                 "audio_languages": dub_langs, "content_id": content_id}
@@ -78,6 +80,15 @@ class EditStage:
         return str(path)
 
 
+def run_ffmpeg(graph: Any) -> None:
+    """Run a graph; on failure raise with ffmpeg's own last lines, not just "ffmpeg error"."""
+    try:
+        graph.run(quiet=True, overwrite_output=True)
+    except ffmpeg.Error as exc:
+        tail = (exc.stderr or b"").decode("utf-8", "replace").strip().splitlines()[-6:]
+        raise RuntimeError("ffmpeg failed: " + " | ".join(tail)) from None
+
+
 def timeline(shots: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Shots with start/end on the episode clock, in order."""
     t, out = 0.0, []
@@ -87,13 +98,36 @@ def timeline(shots: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def measure_loudness(path: str, target: float, true_peak: float) -> dict[str, str]:
-    """First loudnorm pass: the measured integrated loudness, range, true peak and threshold."""
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-i", path, "-af",
-           f"loudnorm=I={target}:TP={true_peak}:LRA=11:print_format=json", "-f", "null", "-"]
-    err = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
-    data = json.loads(err[err.rindex("{"): err.rindex("}") + 1])
-    return {k: data[k] for k in ("input_i", "input_tp", "input_lra", "input_thresh", "target_offset")}
+def loudness(path: str, chain: str = "") -> tuple[float, float]:
+    """(integrated LUFS, true peak dBTP) of a file after an optional filter chain (ffmpeg ebur128)."""
+    af = (chain + "," if chain else "") + "ebur128=peak=true:framelog=40"
+    err = subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-i", path, "-af", af, "-f", "null", "-"],
+                         capture_output=True, text=True, check=True).stderr
+    summary = err[err.rindex("Summary:"):]
+    lufs = re.search(r"I:\s+(-?[\d.]+|-inf) LUFS", summary).group(1)
+    peak = re.search(r"Peak:\s+(-?[\d.]+|-inf) dBFS", summary).group(1)
+    return float(lufs), float(peak)
+
+
+def loudness_chain(gain_db: float, true_peak: float) -> str:
+    limit = 10 ** (true_peak / 20)
+    return (f"volume={gain_db:.3f}dB,alimiter=limit={limit:.4f}:level=disabled:attack=2:release=40:latency=1,"
+            f"aresample={SAMPLE_RATE}")
+
+
+def measure_loudness(path: str, target: float, true_peak: float) -> dict[str, float]:
+    """Gain for `target` LUFS through a true-peak limiter, found by measuring the very chain the final
+    graph applies (linear gain, then the limiter) and correcting until within 0.2 LU."""
+    level, _ = loudness(path)
+    if level == float("-inf"):  # silence: nothing to normalise
+        return {"input_lufs": level, "gain_db": 0.0, "output_lufs": level}
+    gain = target - level
+    for _ in range(4):
+        out, _peak = loudness(path, loudness_chain(gain, true_peak))
+        if abs(out - target) <= 0.2:
+            break
+        gain += target - out
+    return {"input_lufs": level, "gain_db": round(gain, 3), "output_lufs": out}
 
 
 def aigc_label(job: Job, content_id: str) -> str:
@@ -127,17 +161,18 @@ def build_graph(job: Job, clips: list[str], tracks: dict[str, str], loud: dict[s
                              fontsdir=str(Path(font_file(e.font)).parent))
     video = video.filter("drawtext", text=e.label_text, fontfile=font_file(e.font), fontsize=56,
                          fontcolor="white", box=1, boxcolor="black@0.5", boxborderw=16,
-                         x="w-tw-56", y=120, enable=f"lt(t\\,{e.label_seconds})")
+                         x="w-tw-56", y=120, enable=f"not(floor(t/{e.label_seconds}))")  # 1 while t < label_seconds; no commas
     video = video.filter("format", "yuv420p")
     streams, opts = [video], {}
     for i, (lang, wav) in enumerate(tracks.items()):
-        norm = dict(I=e.loudness_lufs, TP=e.true_peak_db, LRA=11)
-        if two_pass:
-            m = loud[lang]
-            norm.update(measured_I=m["input_i"], measured_TP=m["input_tp"], measured_LRA=m["input_lra"],
-                        measured_thresh=m["input_thresh"], offset=m["target_offset"], linear="true")
         source = audio_streams[lang] if audio_streams else ffmpeg.input(wav).audio
-        streams.append(source.filter("loudnorm", **norm).filter("aresample", SAMPLE_RATE))
+        if two_pass:  # measured gain + true-peak limiter, exactly the chain that was measured
+            source = (source.filter("volume", f"{loud[lang]['gain_db']:.3f}dB")
+                      .filter("alimiter", limit=round(10 ** (e.true_peak_db / 20), 4), level="disabled",
+                              attack=2, release=40, latency=1))
+        else:  # the one-command reference: ffmpeg's single-pass dynamic loudnorm
+            source = source.filter("loudnorm", I=e.loudness_lufs, TP=e.true_peak_db, LRA=11)
+        streams.append(source.filter("aresample", SAMPLE_RATE))
         opts[f"metadata:s:a:{i}"] = f"language={ISO639_2.get(lang, lang)}"
     for i, (lang, files) in enumerate(subs.items()):
         streams.append(ffmpeg.input(files["srt"]))
@@ -146,5 +181,6 @@ def build_graph(job: Job, clips: list[str], tracks: dict[str, str], loud: dict[s
                  "metadata:g:1": f"title={job.title or job.episode}",
                  "metadata:g:2": "comment=AI生成 (AI-generated content, GB 45438-2025)"})
     return ffmpeg.output(*streams, str(out), vcodec="libx264", crf=e.crf, preset=e.preset,
-                         r=fps, acodec="aac", audio_bitrate=e.audio_bitrate, ac=1, scodec="mov_text",
+                         r=fps, colorspace="bt709", color_primaries="bt709", color_trc="bt709",
+                         acodec="aac", audio_bitrate=e.audio_bitrate, ac=1, scodec="mov_text",
                          movflags="+faststart+use_metadata_tags", **opts)

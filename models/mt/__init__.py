@@ -1,0 +1,1 @@
+"""Machine-translation backends for the dub stage."""

@@ -1,0 +1,1 @@
+"""Video backends: turn a storyboard keyframe into a clip."""

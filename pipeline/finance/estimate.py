@@ -1,0 +1,109 @@
+"""Cost before spending: per-stage cost per execution learnt from past MLflow runs, and the budget guard."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from pipeline.errors import UserError
+
+
+class BudgetExceeded(UserError):
+    """The next stage would push the episode past `budget.max_cny`; the run stops cleanly before it."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class StageRate:
+    stage: str
+    backend: str
+    per_execution: Decimal  # CNY per executed (non-cached) stage execution
+    samples: int  # executions it was learnt from
+
+
+def learn_rates(tracking_uri: str, drama: str | None = None) -> dict[tuple[str, str], StageRate]:
+    """(stage, backend) → average cost per executed run, from every logged stage child run."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    query = "tags.`microdrama.kind` = 'stage'"
+    if drama:
+        query += f" and tags.drama = '{drama}'"
+    try:
+        runs = mlflow.search_runs(search_all_experiments=True, filter_string=query, output_format="list",
+                                  max_results=50000)
+    except Exception:  # no tracking store yet: nothing learnt
+        return {}
+    cost: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    n: dict[tuple[str, str], int] = defaultdict(int)
+    for run in runs:
+        key = (run.data.tags.get("stage", ""), run.data.params.get("backend", ""))
+        worked = int(run.data.metrics.get("executions", 0) - run.data.metrics.get("cache_hits", 0))
+        if worked > 0:
+            cost[key] += Decimal(run.data.tags.get("cost.total_cny", "0"))
+            n[key] += worked
+    return {k: StageRate(k[0], k[1], cost[k] / n[k], n[k]) for k in cost if n[k]}
+
+
+def plan(job: Any, shots: int) -> dict[str, int]:
+    """Executions per stage for an episode of `shots` shots."""
+    return {"script": 1, "translate": 1, "storyboard": shots, "dub": shots, "video": shots, "edit": 1}
+
+
+def estimate(job: Any, shots: int, tracking_uri: str) -> dict[str, Any]:
+    """Predicted cost per stage and in total; stages with no history are listed as unknown."""
+    from pipeline.orchestrate import backend_settings
+
+    rates = learn_rates(tracking_uri, job.drama) or learn_rates(tracking_uri)
+    lines, total, unknown = [], Decimal(0), []
+    for stage, count in plan(job, shots).items():
+        settings = backend_settings(job, stage)
+        backend = settings.backend if settings else "ffmpeg"
+        rate = rates.get((stage, backend))
+        if rate is None:
+            unknown.append(stage)
+            lines.append({"stage": stage, "backend": backend, "executions": count, "per_execution": None,
+                          "estimate_cny": None, "samples": 0})
+            continue
+        amount = rate.per_execution * count
+        total += amount
+        lines.append({"stage": stage, "backend": backend, "executions": count,
+                      "per_execution": str(rate.per_execution.quantize(Decimal("0.000001"))),
+                      "estimate_cny": str(amount.quantize(Decimal("0.01"))), "samples": rate.samples})
+    return {"drama": job.drama, "episode": job.episode, "shots": shots, "stages": lines,
+            "total_cny": str(total.quantize(Decimal("0.01"))), "unknown_stages": unknown}
+
+
+class BudgetGuard:
+    """Called before each stage: spent so far (ledger) + the stage's estimate must stay within budget."""
+
+    def __init__(self, job: Any, run_id: str, ledger_url: str, tracking_uri: str):
+        self.job, self.run_id, self.ledger_url = job, run_id, ledger_url
+        self.limit: Decimal = job.budget.max_cny
+        self.rates = learn_rates(tracking_uri, job.drama) or learn_rates(tracking_uri)
+
+    def spent(self) -> Decimal:
+        from pipeline.metering.ledger import Ledger
+
+        ledger = Ledger.open(self.ledger_url)
+        try:
+            return sum((Decimal(e.body["amount"]) for e in ledger.entries(kind="cost", where={"job": self.run_id})),
+                       Decimal(0))
+        finally:
+            ledger.close()
+
+    def __call__(self, stage: str, executions: int) -> None:
+        from pipeline.orchestrate import backend_settings
+
+        settings = backend_settings(self.job, stage)
+        rate = self.rates.get((stage, settings.backend if settings else "ffmpeg"))
+        upcoming = rate.per_execution * executions if rate else Decimal(0)
+        spent = self.spent()
+        if spent + upcoming > self.limit:
+            raise BudgetExceeded(
+                f"budget.max_cny: stopped before stage '{stage}': spent {spent.quantize(Decimal('0.01'))} + "
+                f"estimated {upcoming.quantize(Decimal('0.01'))} CNY for {executions} execution(s) > "
+                f"{self.limit} CNY. Raise budget.max_cny or pick a cheaper profile; finished stages are "
+                f"cached and a re-run resumes from them.")

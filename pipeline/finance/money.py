@@ -1,0 +1,65 @@
+"""Money for the claim engine: one Decimal constructor, half-up rounding to the fen, two-decimal text."""
+from __future__ import annotations
+
+import math
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+FEN = Decimal("0.01")
+ZERO = Decimal(0)
+FLOAT_EXACT_DIGITS = 15  # any decimal with at most 15 significant digits survives a trip through a double
+
+
+def D(value: Decimal | int | str | float) -> Decimal:
+    """Make an exact Decimal from a string, int or Decimal; a float only if its text is provably exact.
+
+    A Python float has lost its source text; its shortest repr is the original decimal whenever that
+    had at most 15 significant digits, so such floats are taken at their repr and longer ones refused.
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"a number is needed, got the bool {value!r}")
+    if isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, int):
+        result = Decimal(value)
+    elif isinstance(value, float):
+        result = _from_float(value)
+    elif isinstance(value, str):
+        result = _from_text(value)
+    else:
+        raise TypeError(f"a number is needed (string, int or Decimal), got {type(value).__name__}")
+    if not result.is_finite():
+        raise ValueError(f"a finite number is needed, got {value!r}")
+    return result
+
+
+def _from_text(text: str) -> Decimal:
+    try:
+        return Decimal(text.strip().replace("_", ""))
+    except InvalidOperation:
+        raise ValueError(f"not a decimal number: {text!r}") from None
+
+
+def _from_float(value: float) -> Decimal:
+    if not math.isfinite(value):
+        raise ValueError(f"a finite number is needed, got {value!r}")
+    result = Decimal(repr(value))
+    if len(result.normalize().as_tuple().digits) > FLOAT_EXACT_DIGITS:
+        raise ValueError(f"the float {value!r} has more digits than a float holds exactly; "
+                         f"write it as a string, e.g. '{value!r}'")
+    return result
+
+
+def to_fen(amount: Decimal) -> Decimal:
+    """Round half-up to the fen (0.01 CNY): done once, on a paid amount, never on an intermediate."""
+    return amount.quantize(FEN, rounding=ROUND_HALF_UP)
+
+
+def fmt(amount: Decimal) -> str:
+    """Two-decimal text for an amount, e.g. Decimal('12370.368') -> '12370.37'."""
+    return f"{to_fen(amount):.2f}"
+
+
+def plain(number: Decimal) -> str:
+    """A number in plain notation without exponent or trailing zeros, for traces: 0.30 -> '0.3'."""
+    text = f"{number.normalize():f}"
+    return text

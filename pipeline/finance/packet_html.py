@@ -1,0 +1,94 @@
+"""The claim packet's HTML summary: one self-contained page (no scripts, no external assets) for finance."""
+from __future__ import annotations
+
+from html import escape
+from typing import Any, Iterable
+
+_CSS = """
+body{font-family:"Noto Sans CJK SC","PingFang SC","Microsoft YaHei",sans-serif;margin:2em auto;max-width:60em;
+color:#222;line-height:1.45}
+h1{font-size:1.4em;margin-bottom:.2em}h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;width:100%;font-size:.9em}td,th{border:1px solid #ddd;padding:.3em .5em;
+text-align:left;vertical-align:top}th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums}
+.amount{font-size:1.8em;font-weight:bold}.warn{background:#fff4d6;border:1px solid #e0b040;padding:.5em}
+pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.85em}code{font-size:.85em}.muted{color:#666}
+"""
+
+
+def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], numeric: set[int] = frozenset()) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f'<td{" class=num" if i in numeric else ""}>{escape(str(c))}</td>'
+                         for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _flat(facts: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in facts.items():
+        if isinstance(value, dict) and value:
+            rows += _flat(value, f"{prefix}{key}.")
+        elif value not in (None, "", [], {}):
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+def _facts(facts: dict[str, Any]) -> str:
+    rows = _flat(facts)
+    return _table(["fact", "value"], rows) if rows else "<p class=muted>none</p>"
+
+
+def _header(claim: dict[str, Any]) -> str:
+    policy = claim["policy"]
+    who = claim["drama"] or "the company"
+    draft = ('<p class=warn>This policy is a draft (征求意见稿): the amount is indicative until it is issued.</p>'
+             if policy["status"] == "draft" else "")
+    return (f"<h1>{escape(claim['title'])} <code>{escape(claim['programme'])}</code></h1>"
+            f"<p>{escape(claim['company'])} · {claim['year']} · {escape(who)}</p>"
+            f"<p class=amount>CNY {escape(claim['amount'])}</p>"
+            "<p class=muted>The maximum eligible amount under the policy; the authority may grant less.</p>"
+            f"{draft}<p>Policy: {escape(policy['title'])} (seed <code>{escape(policy['seed'])}</code>)</p>")
+
+
+def _deadlines(evidence: dict[str, Any]) -> str:
+    rows = [(d["id"], d["working_days"], f"{d['counted_from']} ({d['start'] or '?'})", d["not_counted"] or "-",
+             d["due"], d["cite"]) for d in evidence["deadlines"]]
+    if not rows:
+        return ""
+    return ("<h2>Deadlines (Chinese working days, 调休 observed)</h2>"
+            + _table(["deadline", "working days", "counted from", "not counted", "last day", "clause"], rows))
+
+
+def _costs(evidence: dict[str, Any]) -> str:
+    rows = [(c["kind"], c["item"], c["amount"], c.get("list_value") or "", c["ledger_index"],
+             c["leaf_hash"][:16] + "…", len(c.get("inclusion_proof", [])), c.get("mlflow_run_id") or "")
+            for c in evidence["cost_lines"]]
+    totals = ", ".join(f"{k}: CNY {v}" for k, v in evidence["cost_totals"].items())
+    table = _table(["kind", "item", "amount", "list value", "ledger #", "leaf hash", "proof nodes", "MLflow run"],
+                   rows, numeric={2, 3, 4, 6}) if rows else "<p class=muted>no cost lines</p>"
+    return f"<h2>Metered cost lines</h2><p>Totals: {escape(totals)}</p>{table}"
+
+
+def render_summary(claim: dict[str, Any], evidence: dict[str, Any], digests: dict[str, str]) -> str:
+    """The whole page: amount, deadlines, trace with seed clauses, cost lines, checkpoint, runs, facts."""
+    trace = _table(["step", "what", "seed clause"],
+                   [(s["kind"], (f"{s['drama']}: " if s["drama"] else "") + s["text"], f"{s['seed']} {s['clause']}")
+                    for s in claim["trace_steps"]])
+    runs = "".join(f"<li><code>{escape(r)}</code></li>" for r in evidence["mlflow_run_ids"]) or "<li>none</li>"
+    checkpoint = escape(evidence["checkpoint"]) or "(none supplied)"
+    files = _table(["file", "SHA-256"], digests.items())
+    facts = evidence["declared_facts"]
+    return (
+        "<!DOCTYPE html><html lang=zh-CN><head><meta charset=utf-8>"
+        f"<title>{escape(claim['programme'])} {escape(claim['drama'] or 'company')}</title>"
+        f"<style>{_CSS}</style></head><body>"
+        + _header(claim) + _deadlines(evidence)
+        + f"<h2>How the amount was reached</h2>{trace}"
+        + _costs(evidence)
+        + f"<h2>Signed ledger checkpoint</h2><pre>{checkpoint}</pre>"
+        + "<p class=muted>Inclusion proofs for every cost line are in evidence.json; "
+          "check them with <code>microdrama ledger verify</code>.</p>"
+        + f"<h2>MLflow runs</h2><ul>{runs}</ul>"
+        + f"<h2>Declared facts</h2><h3>Drama</h3>{_facts(facts['drama'])}"
+        + f"<h3>Company</h3>{_facts(facts['company'])}<h3>Supplied with the evidence</h3>{_facts(facts['supplied'])}"
+        + f"<h2>Files in this packet</h2>{files}</body></html>\n")

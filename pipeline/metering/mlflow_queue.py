@@ -1,0 +1,79 @@
+"""MLflow outages do not lose runs: a run that cannot be logged is queued on disk and flushed later."""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+QUEUE = Path(os.environ.get("MICRODRAMA_MLFLOW_QUEUE", ".cache/microdrama/mlflow-queue"))
+
+
+def queue_dir() -> Path:
+    return Path(os.environ.get("MICRODRAMA_MLFLOW_QUEUE", str(QUEUE))).resolve()
+
+
+def log_or_queue(*, tracking_uri: str, job: Any, manifest: dict, usage: list[dict], costs: list[dict],
+                 out_dir: Path, checkpoint: dict | None) -> dict[str, Any]:
+    """Log now; on any tracking-server failure write the payload to the queue and say so."""
+    from pipeline.metering.mlflow_sink import log_episode
+
+    flush(tracking_uri)
+    try:
+        run_id = log_episode(tracking_uri=tracking_uri, job=job, manifest=manifest, usage=usage,
+                             costs=costs, out_dir=out_dir, checkpoint=checkpoint)
+        return {"status": "logged", "run_id": run_id, "tracking_uri": _safe(tracking_uri)}
+    except Exception as exc:  # unreachable server, auth, disk: never lose the run
+        path = _enqueue(tracking_uri, job, manifest, usage, costs, out_dir, checkpoint, repr(exc))
+        return {"status": "queued", "queue_file": str(path), "reason": f"{type(exc).__name__}"}
+
+
+def _enqueue(tracking_uri: str, job: Any, manifest: dict, usage: list[dict], costs: list[dict],
+             out_dir: Path, checkpoint: dict | None, reason: str) -> Path:
+    q = queue_dir()
+    q.mkdir(parents=True, exist_ok=True)
+    payload = {"tracking_uri": tracking_uri, "job": job.model_dump(mode="json"), "manifest": manifest,
+               "usage": usage, "costs": costs, "out_dir": str(out_dir), "checkpoint": checkpoint,
+               "queued_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "reason": reason[:500]}
+    tmp = q / f".{uuid.uuid4().hex}.tmp"
+    tmp.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+    final = q / f"{manifest['run_id']}.json"
+    os.replace(tmp, final)
+    return final
+
+
+def pending() -> list[Path]:
+    q = queue_dir()
+    return sorted(q.glob("*.json")) if q.exists() else []
+
+
+def flush(tracking_uri: str | None = None) -> list[str]:
+    """Log every queued run whose server now answers; each is tagged as delayed. Returns run ids logged."""
+    from pipeline.job import Job
+    from pipeline.metering.mlflow_sink import log_episode
+
+    logged = []
+    for path in pending():
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        uri = tracking_uri or payload["tracking_uri"]
+        if uri != payload["tracking_uri"]:
+            continue
+        job = Job.model_validate(payload["job"])
+        try:
+            run_id = log_episode(tracking_uri=uri, job=job, manifest=payload["manifest"], usage=payload["usage"],
+                                 costs=payload["costs"], out_dir=Path(payload["out_dir"]),
+                                 checkpoint=payload["checkpoint"], delayed_from=payload["queued_at"])
+        except Exception:
+            break  # still down: keep the queue as it is
+        path.unlink()
+        logged.append(run_id)
+    return logged
+
+
+def _safe(uri: str) -> str:
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://{rest.split('@', 1)[1]}"
+    return uri
