@@ -23,6 +23,13 @@ SUBAPPS = {
 }
 
 
+# top-level commands living in other modules: name → "module:function" (typer-annotated), imported lazily
+COMMANDS = {
+    "report": "pipeline.finance.report_cli:report",
+    "estimate": "pipeline.finance.report_cli:estimate",
+}
+
+
 def _fail(exc: BaseException, code: int) -> None:
     for line in str(exc).splitlines() or [type(exc).__name__]:
         err.print(f"[bold red]error:[/] {line}", highlight=False, markup=True, soft_wrap=True)
@@ -70,7 +77,7 @@ def run(job: Path = typer.Argument(..., help="Episode job YAML"),
     try:
         manifest = run_job(j, quiet=quiet, address=address, tracking_uri=tracking_uri, ledger_url=ledger)
     except UserError as exc:
-        _fail(exc, 2)
+        _fail(exc, exc.exit_code)
     except Exception as exc:  # a stage failed after its retries: say which, exit 1
         from pipeline.orchestrate import format_failure
 
@@ -85,6 +92,13 @@ def run(job: Path = typer.Argument(..., help="Episode job YAML"),
 
 
 def _mount() -> None:
+    for name, target in COMMANDS.items():
+        module, _, attr = target.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except ImportError:
+            continue
+        app.command(name=name)(fn)
     for name, (target, help_text) in SUBAPPS.items():
         module, _, attr = target.partition(":")
         try:
