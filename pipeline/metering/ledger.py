@@ -1,0 +1,359 @@
+"""The tamper-evident ledger: append-only canonical-JSON entries in an RFC 6962 tree with signed checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from pipeline.metering import merkle
+from pipeline.metering.ledger_sign import (
+    Checkpoint,
+    LedgerKey,
+    default_key_path,
+    load_or_create_key,
+    load_public_key,
+    public_key_path,
+    sign_checkpoint,
+)
+from pipeline.metering.ledger_store import Row, Store, Tx, open_store
+from pipeline.metering.ledger_verify import GENESIS_PREV, VerifyReport, verify_ledger
+from pipeline.metering.merkle import MerkleTree
+
+__all__ = ["Checkpoint", "Entry", "Ledger", "LedgerError", "ProofResult", "VerifyReport", "canonical_entry",
+           "default_ledger_url", "verify_checkpoint_consistency", "verify_entry_inclusion"]
+
+LEDGER_ENV = "MICRODRAMA_LEDGER"
+DEFAULT_URL = "sqlite:///ledger.db"
+ENTRY_VERSION = 1
+PublicKeyLike = Ed25519PublicKey | bytes | str | Path
+
+
+class LedgerError(RuntimeError):
+    """A ledger operation that cannot go ahead; the message says what to do."""
+
+
+def default_ledger_url() -> str:
+    """$MICRODRAMA_LEDGER, else sqlite:///ledger.db."""
+    return os.environ.get(LEDGER_ENV) or DEFAULT_URL
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One appended record, immutable: `canonical` is exactly the hashed leaf data."""
+
+    index: int
+    kind: str
+    idempotency_key: str
+    canonical: bytes  # RFC 8785 bytes of {v, index, kind, key, appended_at, prev, body}
+    leaf_hash: str  # hex SHA-256(0x00 || canonical)
+    appended_at: str  # ISO-8601 UTC
+    prev_hash: str  # hex leaf hash of entry index-1 (zeros for entry 0)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """A fresh copy of the body as stored (JSON types)."""
+        return json.loads(self.canonical)["body"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "kind": self.kind, "idempotency_key": self.idempotency_key,
+                "appended_at": self.appended_at, "leaf_hash": self.leaf_hash, "prev_hash": self.prev_hash,
+                "body": self.body}
+
+    @classmethod
+    def from_canonical(cls, canonical: bytes) -> Entry:
+        """Rebuild an entry from its canonical bytes alone (what an auditor is handed)."""
+        doc = json.loads(canonical)
+        return cls(doc["index"], doc["kind"], doc["key"], canonical, merkle.leaf_hash(canonical).hex(),
+                   doc["appended_at"], doc["prev"])
+
+
+def canonical_entry(index: int, kind: str, key: str, body: Mapping[str, Any], appended_at: str, prev: str) -> bytes:
+    """RFC 8785 bytes of one entry; the leaf hashes these, so every field is covered."""
+    doc = {"v": ENTRY_VERSION, "index": index, "kind": kind, "key": key, "appended_at": appended_at,
+           "prev": prev, "body": body}
+    try:
+        return rfc8785.dumps(doc)
+    except rfc8785.CanonicalizationError as e:
+        raise LedgerError(f"entry {key!r}: body is not canonical JSON ({e}); pass plain JSON types — money "
+                          "as str(Decimal), models via .model_dump(mode='json'), no NaN, ints within ±2**53") from e
+
+
+def _entry(row: Row) -> Entry:
+    return Entry(row.idx, row.kind, row.idempotency_key, row.canonical, row.leaf_hash, row.appended_at,
+                 json.loads(row.canonical)["prev"])
+
+
+def _check_item(kind: str, body: Any, key: str) -> None:
+    if not isinstance(kind, str) or not kind:
+        raise LedgerError(f"entry kind must be a non-empty string, got {kind!r}")
+    if not isinstance(key, str) or not key:
+        raise LedgerError(f"idempotency_key must be a non-empty string (e.g. job/stage/shot/attempt), got {key!r}")
+    if not isinstance(body, Mapping):
+        raise LedgerError(f"entry {key!r}: body must be a dict, got {type(body).__name__}")
+
+
+@dataclass(frozen=True)
+class ProofResult:
+    """Outcome of an auditor-side proof check; truthy when it verifies."""
+
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+class Ledger:
+    """Append-only ledger over a pluggable store; open with `Ledger.open(url)`."""
+
+    def __init__(self, store: Store, key_file: str | Path | None = None) -> None:
+        self._store = store
+        self._key_path = Path(key_file).expanduser() if key_file else default_key_path(store.ledger_dir)
+        self._key: LedgerKey | None = None
+        self._tree = MerkleTree()
+        self._lock = threading.RLock()
+        with store.reading() as tx:
+            self.origin = f"microdrama.ledger/{tx.meta('ledger_id')}"
+
+    @classmethod
+    def open(cls, url: str | None = None, key_file: str | Path | None = None, *, create: bool = True) -> Ledger:
+        """`sqlite:///path/ledger.db` (default $MICRODRAMA_LEDGER or sqlite:///ledger.db) or `postgresql://...`.
+        The signing key is `key_file`, else $MICRODRAMA_LEDGER_KEY_FILE, else <ledger dir>/ledger.key.
+        With create=False a missing SQLite ledger raises FileNotFoundError (auditing a typo'd path)."""
+        return cls(open_store(url or default_ledger_url(), create), key_file)
+
+    @property
+    def url(self) -> str:
+        return self._store.url
+
+    @property
+    def key_path(self) -> Path:
+        return self._key_path
+
+    def __repr__(self) -> str:
+        return f"Ledger({self.url!r})"
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _reading(self) -> Iterator[Tx]:
+        """One consistent read; the lock keeps threads sharing this connection out of each other's way."""
+        with self._lock, self._store.reading() as tx:
+            yield tx
+
+    # -- appending ---------------------------------------------------------------------------------------
+    def append(self, kind: str, body: Mapping[str, Any], idempotency_key: str) -> Entry:
+        """Append one entry, or return the entry already stored under `idempotency_key` (exactly once)."""
+        return self.append_many([(kind, body, idempotency_key)])[0]
+
+    def append_many(self, items: Sequence[tuple[str, Mapping[str, Any], str]]) -> list[Entry]:
+        """Append several entries in one transaction: all of them are stored, or none."""
+        for kind, body, key in items:
+            _check_item(kind, body, key)
+        with self._lock, self._store.writing() as tx:
+            last = tx.last()
+            next_idx, prev = (last[0] + 1, last[1]) if last else (0, GENESIS_PREV)
+            done: dict[str, Entry] = {}
+            for kind, body, key in items:
+                if key not in done:
+                    done[key] = self._existing_or_new(tx, kind, body, key, next_idx, prev)
+                    if done[key].index == next_idx:
+                        next_idx, prev = next_idx + 1, done[key].leaf_hash
+            return [done[key] for _, _, key in items]
+
+    def _existing_or_new(self, tx: Tx, kind: str, body: Mapping[str, Any], key: str, idx: int, prev: str) -> Entry:
+        existing = tx.by_key(key)
+        if existing is not None:
+            return _entry(existing)
+        at = _now()
+        canonical = canonical_entry(idx, kind, key, body, at, prev)
+        row = Row(idx, kind, key, canonical, merkle.leaf_hash(canonical).hex(), at)
+        tx.insert(row)
+        return Entry(idx, kind, key, canonical, row.leaf_hash, at, prev)
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def size(self) -> int:
+        with self._reading() as tx:
+            last = tx.last()
+        return last[0] + 1 if last else 0
+
+    def get(self, index: int) -> Entry | None:
+        with self._reading() as tx:
+            row = tx.by_index(index)
+        return _entry(row) if row else None
+
+    def find(self, idempotency_key: str) -> Entry | None:
+        with self._reading() as tx:
+            row = tx.by_key(idempotency_key)
+        return _entry(row) if row else None
+
+    def entries(self, kind: str | None = None, where: Mapping[str, Any] | None = None) -> list[Entry]:
+        """Entries in index order, optionally of one kind and whose body has every `where` field equal
+        (top-level body fields such as job, drama, episode, stage)."""
+        with self._reading() as tx:
+            rows = list(tx.rows(0, kind))
+        found = []
+        for row in rows:
+            doc = json.loads(row.canonical)
+            if not where or all(doc["body"].get(k, _MISSING) == v for k, v in where.items()):
+                found.append(Entry(row.idx, row.kind, row.idempotency_key, row.canonical, row.leaf_hash,
+                                   row.appended_at, doc["prev"]))
+        return found
+
+    def tail(self, n: int, kind: str | None = None) -> list[Entry]:
+        """The last `n` entries (of one kind), oldest first."""
+        with self._reading() as tx:
+            rows = tx.tail(n, kind)
+        return [_entry(r) for r in rows]
+
+    def _synced(self, tx: Tx) -> MerkleTree:
+        """The cached tree of stored leaf hashes, extended with whatever was appended since."""
+        for idx, h in tx.leaf_hashes(self._tree.size):
+            if idx != self._tree.size:
+                raise LedgerError(f"ledger has no entry {self._tree.size}: run `microdrama ledger verify`")
+            self._tree.append(bytes.fromhex(h))
+        return self._tree
+
+    def root_hash(self, size: int | None = None) -> str:
+        with self._reading() as tx:
+            return self._synced(tx).root(size).hex()
+
+    def inclusion_proof(self, index: int, tree_size: int | None = None) -> list[str]:
+        """Audit path (hex, leaf to root) of entry `index` in the tree of `tree_size` entries (default: all)."""
+        with self._reading() as tx:
+            return [h.hex() for h in self._synced(tx).inclusion_proof(index, tree_size)]
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[str]:
+        """Proof (hex) that the first `old_size` entries are a prefix of the first `new_size` entries."""
+        with self._reading() as tx:
+            return [h.hex() for h in self._synced(tx).consistency_proof(old_size, new_size)]
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def _signing_key(self) -> LedgerKey:
+        if self._key is None:
+            self._key = load_or_create_key(self._key_path)
+        return self._key
+
+    def public_key(self) -> Ed25519PublicKey:
+        """The ledger's verification key (creates the key pair on first use)."""
+        return self._signing_key().public_key
+
+    def checkpoint(self) -> Checkpoint:
+        """Sign and store (origin, size, root, time); refuses when the stored hashes no longer extend the
+        latest checkpoint."""
+        with self._lock, self._store.writing() as tx:
+            tree = self._synced(tx)
+            latest = tx.checkpoints(latest_only=True)
+            if latest:
+                self._check_extends(tree, _parsed(latest[0].note, latest[0].id))
+            key = self._signing_key()
+            cp = sign_checkpoint(key, self.origin, tree.size, tree.root().hex(), _now())
+            cp_id = tx.insert_checkpoint(cp.tree_size, cp.root_hash, cp.timestamp, cp.key_id, cp.note)
+        return replace(cp, id=cp_id)
+
+    @staticmethod
+    def _check_extends(tree: MerkleTree, latest: Checkpoint) -> None:
+        if latest.tree_size > tree.size or tree.root(latest.tree_size).hex() != latest.root_hash:
+            raise LedgerError(f"refusing to sign: the ledger no longer extends checkpoint #{latest.id} "
+                              f"(size {latest.tree_size}); run `microdrama ledger verify`")
+
+    def checkpoints(self) -> list[Checkpoint]:
+        with self._reading() as tx:
+            rows = tx.checkpoints()
+        return [_parsed(r.note, r.id) for r in rows]
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        with self._reading() as tx:
+            rows = tx.checkpoints(latest_only=True)
+        return _parsed(rows[0].note, rows[0].id) if rows else None
+
+    # -- audit -------------------------------------------------------------------------------------------
+    def trusted_public_key(self, public_key: PublicKeyLike | None = None) -> Ed25519PublicKey | None:
+        """`public_key` if given, else ledger.pub beside the signing key, else None (never creates a key)."""
+        if public_key is not None:
+            return load_public_key(public_key)
+        pub = public_key_path(self._key_path)
+        if pub.exists():
+            return load_public_key(pub)
+        return self._signing_key().public_key if self._key_path.exists() else None
+
+    def verify(self, public_key: PublicKeyLike | None = None) -> VerifyReport:
+        """Recompute every leaf, link and root from the stored bytes and check every checkpoint's root and
+        signature against `public_key` (default: the ledger's own ledger.pub). Problems come back as values."""
+        trusted = self.trusted_public_key(public_key)
+        with self._reading() as tx:
+            return verify_ledger(tx.rows(0), tx.checkpoints(), trusted, self.origin)
+
+
+_MISSING = object()
+
+
+def _parsed(note: str, cp_id: int) -> Checkpoint:
+    try:
+        return Checkpoint.parse(note, cp_id)
+    except ValueError as e:
+        raise LedgerError(f"stored checkpoint #{cp_id} is malformed ({e}): run `microdrama ledger verify`") from e
+
+
+def _as_checkpoint(cp: Checkpoint | str) -> Checkpoint:
+    return cp if isinstance(cp, Checkpoint) else Checkpoint.parse(cp)
+
+
+def _signature_problems(cp: Checkpoint, public_key: PublicKeyLike | None) -> list[str]:
+    if public_key is None:
+        return ["no public key given: the checkpoint's signature was not checked"]
+    return [f"checkpoint: {p}" for p in cp.verify(load_public_key(public_key))]
+
+
+def verify_entry_inclusion(entry: Entry | bytes, proof: Sequence[str], checkpoint: Checkpoint | str,
+                           public_key: PublicKeyLike | None) -> ProofResult:
+    """Auditor check with nothing but the entry (or its canonical bytes), the hex proof, the signed
+    checkpoint note and the ledger's public key."""
+    try:
+        e = entry if isinstance(entry, Entry) else Entry.from_canonical(entry)
+        cp = _as_checkpoint(checkpoint)
+        path = [bytes.fromhex(p) for p in proof]
+    except (ValueError, KeyError, TypeError) as exc:
+        return ProofResult(False, [f"unreadable input: {exc}"])
+    problems = _signature_problems(cp, public_key)
+    leaf = merkle.leaf_hash(e.canonical)
+    if not merkle.verify_inclusion(e.index, cp.tree_size, leaf, path, bytes.fromhex(cp.root_hash)):
+        problems.append(f"entry {e.index} is not in the tree of {cp.tree_size} entries with root {cp.root_hash}")
+    return ProofResult(not problems, problems)
+
+
+def verify_checkpoint_consistency(old: Checkpoint | str, new: Checkpoint | str, proof: Sequence[str],
+                                  public_key: PublicKeyLike | None) -> ProofResult:
+    """Auditor check that the log of checkpoint `new` extends the log of checkpoint `old` (append-only)."""
+    try:
+        a, b = _as_checkpoint(old), _as_checkpoint(new)
+        path = [bytes.fromhex(p) for p in proof]
+    except ValueError as exc:
+        return ProofResult(False, [f"unreadable input: {exc}"])
+    problems = _signature_problems(a, public_key) + _signature_problems(b, public_key)
+    if a.origin != b.origin:
+        problems.append(f"checkpoints are of different logs: {a.origin!r} vs {b.origin!r}")
+    if not merkle.verify_consistency(a.tree_size, b.tree_size, bytes.fromhex(a.root_hash),
+                                     bytes.fromhex(b.root_hash), path):
+        problems.append(f"the tree of size {b.tree_size} does not extend the tree of size {a.tree_size}")
+    return ProofResult(not problems, problems)

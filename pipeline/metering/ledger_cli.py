@@ -1,0 +1,141 @@
+"""`microdrama ledger ...`: verify, prove, checkpoint and show the ledger, for operators and auditors."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from pipeline.metering.ledger import Checkpoint, Entry, Ledger, LedgerError, default_ledger_url, verify_entry_inclusion
+from pipeline.metering.ledger_sign import vkey
+
+app = typer.Typer(help="Tamper-evident ledger: verify it, prove an entry, sign a checkpoint.", no_args_is_help=True)
+
+LedgerOpt = typer.Option(None, "--ledger", "-l",
+                         help="Ledger URL (default: $MICRODRAMA_LEDGER or sqlite:///ledger.db)")
+KeyOpt = typer.Option(None, "--key-file",
+                      help="Signing key (default: $MICRODRAMA_LEDGER_KEY_FILE or <ledger dir>/ledger.key)")
+
+
+def _open(url: str | None, key_file: Path | None = None) -> Ledger:
+    try:
+        return Ledger.open(url or default_ledger_url(), key_file, create=False)
+    except (ValueError, ImportError, OSError) as e:
+        raise typer.BadParameter(str(e), param_hint="--ledger") from e
+
+
+@contextmanager
+def _session(url: str | None, key_file: Path | None = None) -> Iterator[Ledger]:
+    """An open ledger; a LedgerError or unreadable input ends the command with its message and exit 1."""
+    led = _open(url, key_file)
+    try:
+        yield led
+    except (LedgerError, ValueError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from e
+    finally:
+        led.close()
+
+
+def _emit(data: dict, as_json: bool, lines: list[str]) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else "\n".join(lines))
+
+
+@app.command()
+def verify(ledger: str | None = LedgerOpt,
+           pubkey: str | None = typer.Option(None, "--pubkey", help="Trusted public key: a PEM file or a "
+                                             "signed-note vkey (name+id+key); default: ledger.pub beside the key"),
+           as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
+           key_file: Path | None = KeyOpt) -> None:
+    """Recompute every leaf, link, root and checkpoint signature; exit 1 naming the first bad entry."""
+    with _session(ledger, key_file) as led:
+        report = led.verify(pubkey)
+    data = {"ok": report.ok, "first_bad_index": report.first_bad_index, "size": report.size,
+            "root": report.root, "checkpoints_checked": report.checkpoints_checked, "key_id": report.key_id,
+            "problems": report.problems, "ledger": led.url}
+    _emit(data, as_json, [report.summary(), *(f"  - {p}" for p in report.problems)])
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def _resolve(led: Ledger, ref: str) -> Entry:
+    entry = led.find(ref)
+    if entry is None and ref.isdigit():
+        entry = led.get(int(ref))
+    if entry is None:
+        raise typer.BadParameter(f"no entry with index or idempotency key {ref!r}", param_hint="ENTRY")
+    return entry
+
+
+def _checkpoint_for(led: Ledger, index: int, size: int | None) -> Checkpoint | None:
+    """The latest signed checkpoint covering `index` (of exactly `size` entries when given)."""
+    fits = [c for c in led.checkpoints() if c.tree_size > index and (size is None or c.tree_size == size)]
+    return fits[-1] if fits else None
+
+
+@app.command()
+def prove(entry: str = typer.Argument(..., help="Entry index or idempotency key"),
+          ledger: str | None = LedgerOpt,
+          size: int | None = typer.Option(None, "--size", help="Tree size to prove against (default: the "
+                                             "latest checkpoint that covers the entry)"),
+          as_json: bool = typer.Option(False, "--json", help="Print the proof bundle as JSON"),
+          key_file: Path | None = KeyOpt) -> None:
+    """Print an entry, its leaf hash, its inclusion proof and the signed checkpoint it verifies against."""
+    with _session(ledger, key_file) as led:
+        e = _resolve(led, entry)
+        cp = _checkpoint_for(led, e.index, size)
+        tree_size = cp.tree_size if cp else (size or led.size())
+        proof = led.inclusion_proof(e.index, tree_size)
+        public = led.trusted_public_key()
+        result = verify_entry_inclusion(e, proof, cp, public) if cp else None
+        root = cp.root_hash if cp else led.root_hash(tree_size)
+    data = {"entry": json.loads(e.canonical), "canonical": e.canonical.decode(), "index": e.index,
+            "leaf_hash": e.leaf_hash, "tree_size": tree_size, "root_hash": root, "inclusion_proof": proof,
+            "checkpoint": cp.note if cp else None, "verified": bool(result),
+            "problems": result.problems if result else ["no signed checkpoint covers this entry"]}
+    status = (f"inclusion proof verifies against signed checkpoint #{cp.id}" if result
+              else "NOT VERIFIED: " + "; ".join(data["problems"]))
+    if cp is None:
+        status += " — run `microdrama ledger checkpoint` and prove again"
+    lines = [f"entry {e.index} ({e.kind}, key {e.idempotency_key})", e.canonical.decode(),
+             f"leaf hash: {e.leaf_hash}", f"tree size: {tree_size}", f"root hash: {root}", "inclusion proof:",
+             *(f"  {p}" for p in proof), "checkpoint:", *(cp.note.rstrip("\n").split("\n") if cp else ["  (none)"]),
+             status]
+    _emit(data, as_json, lines)
+    raise typer.Exit(0 if result else 1)
+
+
+@app.command()
+def checkpoint(ledger: str | None = LedgerOpt, as_json: bool = typer.Option(False, "--json"),
+               key_file: Path | None = KeyOpt) -> None:
+    """Sign the current tree head (size, root, time) and print the signed note."""
+    with _session(ledger, key_file) as led:
+        cp = led.checkpoint()
+        verifier = vkey(led.public_key())
+    data = {"id": cp.id, "origin": cp.origin, "tree_size": cp.tree_size, "root_hash": cp.root_hash,
+            "timestamp": cp.timestamp, "key_id": cp.key_id, "vkey": verifier, "note": cp.note}
+    _emit(data, as_json, [cp.note.rstrip("\n"), f"# checkpoint #{cp.id}; verifier key: {verifier}"])
+
+
+@app.command()
+def show(ledger: str | None = LedgerOpt,
+         tail: int = typer.Option(10, "--tail", "-n", help="How many of the latest entries"),
+         kind: str | None = typer.Option(None, "--kind", help="Only entries of this kind"),
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """Print the latest entries and the latest checkpoint."""
+    with _session(ledger) as led:
+        found = led.tail(tail, kind)
+        latest = led.latest_checkpoint()
+        size = led.size()
+    data = {"size": size, "entries": [e.to_dict() for e in found],
+            "latest_checkpoint": latest.note if latest else None}
+    lines = [f"{led.url}: {size} entries; latest checkpoint: "
+             + (f"#{latest.id} at size {latest.tree_size}" if latest else "none")]
+    lines += [f"{e.index:>7} {e.kind:<10} {e.leaf_hash[:12]} {e.idempotency_key}  "
+              f"{json.dumps(e.body, ensure_ascii=False, separators=(',', ':'))[:160]}" for e in found]
+    _emit(data, as_json, lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,265 @@
+"""Storage backends of the ledger: embedded SQLite (WAL, BEGIN IMMEDIATE) and shared PostgreSQL (table lock)."""
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+ENTRY_COLUMNS = "idx, kind, idempotency_key, canonical, leaf_hash, appended_at"
+CHECKPOINT_COLUMNS = "id, tree_size, root_hash, created_at, key_id, note"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One stored entry as it sits in the table (verification trusts none of it)."""
+
+    idx: int
+    kind: str
+    idempotency_key: str
+    canonical: bytes
+    leaf_hash: str
+    appended_at: str
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    id: int
+    tree_size: int
+    root_hash: str
+    created_at: str
+    key_id: str
+    note: str
+
+
+class Tx:
+    """SQL shared by both backends inside one transaction; `?` placeholders are rewritten per driver."""
+
+    def __init__(self, cursor: Any, placeholder: str) -> None:
+        self._cur = cursor
+        self._ph = placeholder
+
+    def _q(self, sql: str, params: tuple = ()) -> Any:
+        self._cur.execute(sql.replace("?", self._ph), params)
+        return self._cur
+
+    def last(self) -> tuple[int, str] | None:
+        row = self._q("SELECT idx, leaf_hash FROM ledger_entries ORDER BY idx DESC LIMIT 1").fetchone()
+        return (int(row[0]), row[1]) if row else None
+
+    def by_key(self, key: str) -> Row | None:
+        row = self._q(f"SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE idempotency_key = ?", (key,)).fetchone()
+        return _row(row) if row else None
+
+    def by_index(self, idx: int) -> Row | None:
+        row = self._q(f"SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE idx = ?", (idx,)).fetchone()
+        return _row(row) if row else None
+
+    def insert(self, row: Row) -> None:
+        self._q(f"INSERT INTO ledger_entries ({ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                (row.idx, row.kind, row.idempotency_key, row.canonical, row.leaf_hash, row.appended_at))
+
+    def rows(self, start: int = 0, kind: str | None = None) -> Iterator[Row]:
+        sql, params = f"SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE idx >= ?", (start,)
+        if kind is not None:
+            sql, params = sql + " AND kind = ?", (start, kind)
+        cur = self._q(sql + " ORDER BY idx", params)
+        while batch := cur.fetchmany(2000):
+            yield from (_row(r) for r in batch)
+
+    def tail(self, n: int, kind: str | None = None) -> list[Row]:
+        sql, params = f"SELECT {ENTRY_COLUMNS} FROM ledger_entries", ()
+        if kind is not None:
+            sql, params = sql + " WHERE kind = ?", (kind,)
+        rows = self._q(sql + " ORDER BY idx DESC LIMIT ?", (*params, max(n, 0))).fetchall()
+        return [_row(r) for r in reversed(rows)]
+
+    def leaf_hashes(self, start: int) -> list[tuple[int, str]]:
+        cur = self._q("SELECT idx, leaf_hash FROM ledger_entries WHERE idx >= ? ORDER BY idx", (start,))
+        return [(int(i), h) for i, h in cur.fetchall()]
+
+    def insert_checkpoint(self, tree_size: int, root_hash: str, created_at: str, key_id: str, note: str) -> int:
+        cur = self._q("INSERT INTO ledger_checkpoints (tree_size, root_hash, created_at, key_id, note) "
+                      "VALUES (?, ?, ?, ?, ?) RETURNING id", (tree_size, root_hash, created_at, key_id, note))
+        return int(cur.fetchone()[0])
+
+    def checkpoints(self, latest_only: bool = False) -> list[CheckpointRow]:
+        sql = f"SELECT {CHECKPOINT_COLUMNS} FROM ledger_checkpoints ORDER BY id"
+        sql = sql + " DESC LIMIT 1" if latest_only else sql
+        return [CheckpointRow(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5]) for r in self._q(sql).fetchall()]
+
+    def meta(self, name: str) -> str | None:
+        row = self._q("SELECT value FROM ledger_meta WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def init_meta(self, name: str, value: str) -> None:
+        self._q("INSERT INTO ledger_meta (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING", (name, value))
+
+
+def _row(r: tuple) -> Row:
+    return Row(int(r[0]), r[1], r[2], bytes(r[3]), r[4], r[5])
+
+
+class Store(Protocol):
+    """What the ledger needs from a backend."""
+
+    url: str  # with any password redacted
+    ledger_dir: Path | None  # where the default key lives; None for server stores
+
+    def writing(self) -> Any: ...  # context manager -> Tx, exclusive against other writers
+    def reading(self) -> Any: ...  # context manager -> Tx, one consistent snapshot
+    def close(self) -> None: ...
+
+
+SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger_entries (
+  idx INTEGER PRIMARY KEY, kind TEXT NOT NULL, idempotency_key TEXT NOT NULL UNIQUE,
+  canonical BLOB NOT NULL, leaf_hash TEXT NOT NULL, appended_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS ledger_entries_kind ON ledger_entries (kind);
+CREATE TABLE IF NOT EXISTS ledger_checkpoints (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, tree_size INTEGER NOT NULL, root_hash TEXT NOT NULL,
+  created_at TEXT NOT NULL, key_id TEXT NOT NULL, note TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS ledger_entries_no_update BEFORE UPDATE ON ledger_entries
+  BEGIN SELECT RAISE(ABORT, 'ledger_entries is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_entries_no_delete BEFORE DELETE ON ledger_entries
+  BEGIN SELECT RAISE(ABORT, 'ledger_entries is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_no_update BEFORE UPDATE ON ledger_checkpoints
+  BEGIN SELECT RAISE(ABORT, 'ledger_checkpoints is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_no_delete BEFORE DELETE ON ledger_checkpoints
+  BEGIN SELECT RAISE(ABORT, 'ledger_checkpoints is append-only'); END;
+"""
+
+
+class SQLiteStore:
+    """One SQLite file in WAL mode; appends take the write lock up front with BEGIN IMMEDIATE."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.url = f"sqlite:///{path}"
+        self.ledger_dir = path.parent
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60.0)
+        self._conn.execute("PRAGMA busy_timeout = 60000")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = FULL")  # a committed entry survives power loss too
+        with self.writing() as tx:
+            for stmt in _statements(SQLITE_SCHEMA):
+                tx._q(stmt)
+            tx.init_meta("ledger_id", str(uuid.uuid4()))
+
+    @contextmanager
+    def writing(self) -> Iterator[Tx]:
+        cur = self._conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield Tx(cur, "?")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+
+    @contextmanager
+    def reading(self) -> Iterator[Tx]:
+        cur = self._conn.cursor()
+        cur.execute("BEGIN")
+        try:
+            yield Tx(cur, "?")
+        finally:
+            cur.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _statements(script: str) -> list[str]:
+    """Split a schema script on statement ends, keeping trigger bodies (which contain `;`) whole."""
+    out, buf = [], []
+    for line in script.strip().splitlines():
+        buf.append(line)
+        text = "\n".join(buf).strip()
+        if text.endswith(";") and ("BEGIN" not in text or text.endswith("END;")):
+            out.append(text)
+            buf = []
+    return out
+
+
+PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ledger_entries (
+  idx BIGINT PRIMARY KEY, kind TEXT NOT NULL, idempotency_key TEXT NOT NULL UNIQUE,
+  canonical BYTEA NOT NULL, leaf_hash TEXT NOT NULL, appended_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS ledger_entries_kind ON ledger_entries (kind);
+CREATE TABLE IF NOT EXISTS ledger_checkpoints (
+  id BIGSERIAL PRIMARY KEY, tree_size BIGINT NOT NULL, root_hash TEXT NOT NULL,
+  created_at TEXT NOT NULL, key_id TEXT NOT NULL, note TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS ledger_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE OR REPLACE FUNCTION ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END; $$;
+CREATE OR REPLACE TRIGGER ledger_entries_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger_entries
+  FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only();
+CREATE OR REPLACE TRIGGER ledger_checkpoints_append_only BEFORE UPDATE OR DELETE OR TRUNCATE
+  ON ledger_checkpoints FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only();
+"""
+PG_SCHEMA_LOCK = 7_146_373_201  # pg_advisory_xact_lock key: serialises schema creation across processes
+
+
+class PostgresStore:
+    """Tables in a shared PostgreSQL database; every append transaction locks ledger_entries against
+    other writers (SHARE ROW EXCLUSIVE: plain reads go on), so indexes and prev-links stay gap-free."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            import psycopg
+        except ImportError as e:  # pragma: no cover - depends on the install
+            raise ImportError("the PostgreSQL ledger needs psycopg: pip install 'microdrama[postgres]'") from e
+        self.url = redact_url(url)
+        self.ledger_dir = None
+        self._conn = psycopg.connect(url, autocommit=True)
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (PG_SCHEMA_LOCK,))
+            for stmt in PG_SCHEMA.strip().split(";\n"):
+                cur.execute(stmt.strip().rstrip(";"))
+            Tx(cur, "%s").init_meta("ledger_id", str(uuid.uuid4()))
+
+    @contextmanager
+    def writing(self) -> Iterator[Tx]:
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            cur.execute("LOCK TABLE ledger_entries IN SHARE ROW EXCLUSIVE MODE")
+            yield Tx(cur, "%s")
+
+    @contextmanager
+    def reading(self) -> Iterator[Tx]:
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield Tx(cur, "%s")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, safe to log and print."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def open_store(url: str, create: bool = True) -> Store:
+    """sqlite:///relative.db, sqlite:////absolute.db or postgresql://user:pass@host/db; with create=False a
+    missing SQLite file is an error instead of a new empty ledger."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if not path or path == ":memory:":
+            raise ValueError("the ledger needs a file: use sqlite:///ledger.db (in-memory SQLite is not durable)")
+        if not create and not Path(path).expanduser().is_file():
+            raise FileNotFoundError(f"no ledger at {path}: check --ledger / $MICRODRAMA_LEDGER")
+        return SQLiteStore(Path(path).expanduser())
+    if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        return PostgresStore(url.replace("postgresql+psycopg://", "postgresql://", 1))
+    raise ValueError(f"unsupported ledger URL {redact_url(url)!r}: use sqlite:///path/ledger.db "
+                     "or postgresql://user:pass@host/db")
