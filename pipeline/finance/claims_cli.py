@@ -1,9 +1,10 @@
-"""`microdrama claims ...`: evaluate a company-year scenario against the policy files, as JSON or a table."""
+"""`microdrama claims ...`: evaluate a company-year scenario, build one from metered data, write claim packets."""
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -15,7 +16,7 @@ from pipeline.finance.money import fmt
 from pipeline.finance.policies import DEFAULT_POLICY_DIR, load_policies
 from pipeline.finance.scenario import load_scenario
 
-app = typer.Typer(help="Subsidy claims: evaluate company-year scenarios against the policy data.",
+app = typer.Typer(help="Subsidy claims: evaluate, build and packet company-year scenarios.",
                   no_args_is_help=True, add_completion=False)
 
 
@@ -39,6 +40,82 @@ def evaluate_command(
         sys.stdout.write(result.to_json() + "\n")
     else:
         Console().print(_table(result))
+
+
+TrackingOpt = typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+                           help="MLflow tracking URI (default sqlite:///mlflow.db)")
+LedgerOpt = typer.Option("--ledger", envvar="MICRODRAMA_LEDGER", help="Ledger URL (default sqlite:///ledger.db)")
+
+
+@app.command("build")
+def build_command(
+    year: Annotated[int, typer.Option("--year", help="the claim year (runs started that year, China time)")],
+    facts: Annotated[Path, typer.Option("--facts", help="declared facts YAML (pipeline/finance/build.py)")],
+    drama: Annotated[Optional[list[str]], typer.Option("--drama", help="drama slug; repeat; default: all "
+                                                       "dramas of the facts file")] = None,
+    tracking_uri: Annotated[Optional[str], TrackingOpt] = None,
+    ledger: Annotated[Optional[str], LedgerOpt] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="write SCENARIO.yaml here (default: stdout)")] = None,
+    packets: Annotated[Optional[Path], typer.Option("--packets", help="also write a claim packet for every "
+                                                    "paid programme and drama into this folder")] = None,
+    policies: Annotated[Path, typer.Option("--policies", help="directory of policy files")] = DEFAULT_POLICY_DIR,
+) -> None:
+    """Assemble SCENARIO.yaml: declared facts plus metered costs and runtime shares from MLflow and the ledger."""
+    from pipeline.finance.build import build_from_file
+    from pipeline.finance.packet_evidence import make_packets
+
+    try:
+        built = build_from_file(facts, year, dramas=drama, tracking_uri=tracking_uri, ledger_url=ledger)
+        text = built.to_yaml()
+        for note in built.notes:
+            Console(stderr=True, highlight=False).print(f"note: {note}", markup=False)
+        if out is None and packets is None:
+            sys.stdout.write(text)
+            return
+        target = out or packets / "scenario.yaml"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+        typer.echo(str(target))
+        if packets is not None:
+            for folder in make_packets(target, None, packets, tracking_uri=built.tracking_uri,
+                                       ledger_url=built.ledger_url, policies=load_policies(policies)):
+                typer.echo(str(folder))
+    except UserError as err:
+        _fail(err)
+
+
+@app.command("packet")
+def packet_command(
+    scenario: Annotated[Path, typer.Argument(help="SCENARIO.yaml, as written by `claims build`")],
+    programme: Annotated[str, typer.Option("--programme", help="programme id, e.g. huairou.compute_voucher")],
+    out: Annotated[Path, typer.Option("--out", help="folder for the packet folders")],
+    drama: Annotated[Optional[str], typer.Option("--drama", help="only this drama (default: every drama paid)")] = None,
+    tracking_uri: Annotated[Optional[str], TrackingOpt] = None,
+    ledger: Annotated[Optional[str], LedgerOpt] = None,
+    notified: Annotated[Optional[str], typer.Option("--notified", help="date the monitoring-data notice was "
+                                                    "received (YYYY-MM-DD): dates the dispute deadline")] = None,
+    accepted: Annotated[Optional[str], typer.Option("--accepted", help="date the application was accepted "
+                                                    "(YYYY-MM-DD): dates the settlement deadline")] = None,
+    policies: Annotated[Path, typer.Option("--policies", help="directory of policy files")] = DEFAULT_POLICY_DIR,
+) -> None:
+    """Evaluate SCENARIO and write a claim packet (claim.json, evidence.json, summary.html) per paid drama."""
+    from pipeline.finance.packet_evidence import make_packets
+
+    try:
+        dates = {k: _date(v, f"--{k}") for k, v in (("notified", notified), ("accepted", accepted)) if v}
+        folders = make_packets(scenario, [programme], out, drama=drama, tracking_uri=tracking_uri,
+                               ledger_url=ledger, dates=dates, policies=load_policies(policies))
+    except UserError as err:
+        _fail(err)
+    for folder in folders:
+        typer.echo(str(folder))
+
+
+def _date(text: str, option: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"{option}: {text!r} is not a date; write YYYY-MM-DD") from None
 
 
 def _fail(err: UserError) -> None:

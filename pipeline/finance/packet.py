@@ -12,14 +12,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import UserError
+from pipeline.finance.build_metered import exact_sum
 from pipeline.finance.claims import ClaimResult, ProgrammeResult
 from pipeline.finance.datafiles import error_lines
-from pipeline.finance.money import ZERO, fmt, to_fen
+from pipeline.finance.money import fmt, to_fen
 from pipeline.finance.packet_html import render_summary
 from pipeline.finance.scenario import Money
 from pipeline.finance.workdays import CalendarRangeError, add_working_days
 
 COST_KINDS = {"compute": "costs.compute", "ai_tool": "costs.ai_tools"}
+LINE_KINDS = {"compute": ("compute", "idle"), "ai_tool": ("ai_tool",)}  # idle node time is compute cost
 
 
 class PacketError(UserError):
@@ -46,6 +48,7 @@ class Evidence(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     cost_lines: list[CostLine] = Field(default_factory=list)
     checkpoint: str = ""  # signed ledger checkpoint text (tree size, root hash, signature lines)
+    public_key: str = ""  # the ledger's verifier key (signed-note vkey) the checkpoint is signed with
     mlflow_run_ids: list[str] = Field(default_factory=list)
     declared_facts: dict[str, Any] = Field(default_factory=dict)
     dates: dict[str, dt.date] = Field(default_factory=dict)  # notified / accepted -> deadlines
@@ -105,9 +108,9 @@ def _check_costs(result: ClaimResult, prog: ProgrammeResult, drama_id: str | Non
     declared = {"compute": costs.compute, "ai_tool": costs.ai_tools}
     problems = []
     for kind, field in COST_KINDS.items():
-        lines = [line.amount for line in ev.cost_lines if line.kind == kind]
-        if lines and to_fen(sum(lines, ZERO)) != to_fen(declared[kind]):
-            problems.append(f"evidence.cost_lines: {kind} lines add up to {fmt(sum(lines, ZERO))}, but the scenario's "
+        lines = [line.amount for line in ev.cost_lines if line.kind in LINE_KINDS[kind]]
+        if lines and to_fen(exact_sum(lines)) != to_fen(declared[kind]):
+            problems.append(f"evidence.cost_lines: {kind} lines add up to {fmt(exact_sum(lines))}, but the scenario's "
                             f"drama {drama_id!r} {field} is {declared[kind]}; rebuild the scenario from the ledger")
     return problems
 
@@ -150,10 +153,11 @@ def _claim_doc(result: ClaimResult, prog: ProgrammeResult, drama_id: str | None,
 def _evidence_doc(result: ClaimResult, drama_id: str | None, ev: Evidence,
                   deadlines: list[dict[str, str]]) -> dict[str, Any]:
     lines = [line.model_dump(mode="json") for line in ev.cost_lines]
-    totals = {kind: fmt(sum((l.amount for l in ev.cost_lines if l.kind == kind), ZERO)) for kind in COST_KINDS}
+    totals = {kind: fmt(exact_sum(l.amount for l in ev.cost_lines if l.kind in LINE_KINDS[kind]))
+              for kind in COST_KINDS}
     facts = result.scenario.drama(drama_id).model_dump(mode="json") if drama_id else {}
     return {
-        "cost_lines": lines, "cost_totals": totals, "checkpoint": ev.checkpoint,
+        "cost_lines": lines, "cost_totals": totals, "checkpoint": ev.checkpoint, "public_key": ev.public_key,
         "mlflow_run_ids": sorted(set(ev.mlflow_run_ids) | {l.mlflow_run_id for l in ev.cost_lines if l.mlflow_run_id}),
         "declared_facts": {"company": result.scenario.company.model_dump(mode="json"), "drama": facts,
                            "supplied": ev.declared_facts},

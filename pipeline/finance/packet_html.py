@@ -1,6 +1,7 @@
 """The claim packet's HTML summary: one self-contained page (no scripts, no external assets) for finance."""
 from __future__ import annotations
 
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from html import escape
 from typing import Any, Iterable
 
@@ -59,14 +60,35 @@ def _deadlines(evidence: dict[str, Any]) -> str:
             + _table(["deadline", "working days", "counted from", "not counted", "last day", "clause"], rows))
 
 
+def _shown(amount: Any) -> str:
+    """A line amount as plain text to 6 decimal places (ledger amounts carry up to 50 digits)."""
+    if amount in (None, ""):
+        return ""
+    try:
+        return f"{Decimal(str(amount)).quantize(Decimal('0.000001'), rounding=ROUND_HALF_UP):f}"
+    except InvalidOperation:
+        return str(amount)
+
+
 def _costs(evidence: dict[str, Any]) -> str:
-    rows = [(c["kind"], c["item"], c["amount"], c.get("list_value") or "", c["ledger_index"],
+    rows = [(c["kind"], c["item"], _shown(c["amount"]), _shown(c.get("list_value")), c["ledger_index"],
              c["leaf_hash"][:16] + "…", len(c.get("inclusion_proof", [])), c.get("mlflow_run_id") or "")
             for c in evidence["cost_lines"]]
     totals = ", ".join(f"{k}: CNY {v}" for k, v in evidence["cost_totals"].items())
     table = _table(["kind", "item", "amount", "list value", "ledger #", "leaf hash", "proof nodes", "MLflow run"],
                    rows, numeric={2, 3, 4, 6}) if rows else "<p class=muted>no cost lines</p>"
-    return f"<h2>Metered cost lines</h2><p>Totals: {escape(totals)}</p>{table}"
+    return (f"<h2>Metered cost lines</h2><p>Totals: {escape(totals)}</p>"
+            "<p class=muted>Line amounts are shown to 6 decimal places; evidence.json has them exact, as the "
+            f"ledger holds them.</p>{table}")
+
+
+def _verifier(public_key: str) -> str:
+    key = (f"<p>Verifier key (signed-note vkey): <code>{escape(public_key)}</code> — compare it with the key the "
+           "company registered before trusting the signature.</p>") if public_key else ""
+    return (key + "<p class=muted>Each cost line in evidence.json carries its ledger entry (canonical JSON), leaf "
+            "hash and inclusion proof against this checkpoint: check them with "
+            "<code>pipeline.metering.ledger.verify_entry_inclusion</code>, or the whole ledger with "
+            "<code>microdrama ledger verify</code>.</p>")
 
 
 def render_summary(claim: dict[str, Any], evidence: dict[str, Any], digests: dict[str, str]) -> str:
@@ -86,8 +108,7 @@ def render_summary(claim: dict[str, Any], evidence: dict[str, Any], digests: dic
         + f"<h2>How the amount was reached</h2>{trace}"
         + _costs(evidence)
         + f"<h2>Signed ledger checkpoint</h2><pre>{checkpoint}</pre>"
-        + "<p class=muted>Inclusion proofs for every cost line are in evidence.json; "
-          "check them with <code>microdrama ledger verify</code>.</p>"
+        + _verifier(evidence.get("public_key", ""))
         + f"<h2>MLflow runs</h2><ul>{runs}</ul>"
         + f"<h2>Declared facts</h2><h3>Drama</h3>{_facts(facts['drama'])}"
         + f"<h3>Company</h3>{_facts(facts['company'])}<h3>Supplied with the evidence</h3>{_facts(facts['supplied'])}"

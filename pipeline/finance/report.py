@@ -53,7 +53,8 @@ def rows(tracking_uri: str, drama: str, episode: str | None = None, latest_only:
 
 def _stage_row(parent: Any, child: Any) -> dict[str, Any]:
     row = {"episode": parent.data.tags["episode"], "stage": child.data.tags["stage"],
-           "backend": child.data.params.get("backend", ""), "run_id": child.info.run_id}
+           "backend": child.data.params.get("backend", ""), "run_id": child.info.run_id,
+           "delayed": _delayed(parent)}
     for m in METRICS:
         row[m] = child.data.metrics.get(m)
     for k in MONEY:
@@ -63,7 +64,7 @@ def _stage_row(parent: Any, child: Any) -> dict[str, Any]:
 
 def _total_row(parent: Any, stage_rows: list[dict]) -> dict[str, Any]:
     row = {"episode": parent.data.tags["episode"], "stage": "TOTAL", "backend": "",
-           "run_id": parent.info.run_id}
+           "run_id": parent.info.run_id, "delayed": _delayed(parent)}
     for m in METRICS:
         vals = [r[m] for r in stage_rows if r[m] is not None]
         row[m] = sum(vals) if vals else None
@@ -78,6 +79,11 @@ def _total_row(parent: Any, stage_rows: list[dict]) -> dict[str, Any]:
     row["ledger_checkpoint"] = (f"{parent.data.tags.get('ledger.checkpoint.size', '')}:"
                                 f"{parent.data.tags.get('ledger.checkpoint.root', '')}")
     return row
+
+
+def _delayed(parent: Any) -> str:
+    """When MLflow was unreachable at run time: the time the run was queued (logged later); else empty."""
+    return parent.data.tags.get("microdrama.delayed_from", "")
 
 
 def cache_savings(stage_rows: list[dict]) -> Decimal:

@@ -156,7 +156,8 @@ def build_graph(job: Job, clips: list[str], tracks: dict[str, str], loud: dict[s
         ffmpeg.input(clips[0]).video
     video = (video.filter("scale", e.width, e.height, force_original_aspect_ratio="increase", flags="lanczos")
              .filter("crop", e.width, e.height).filter("setsar", 1))
-    if e.burn_subtitles:
+    has_lines = {lang: Path(files["srt"]).stat().st_size > 0 for lang, files in subs.items()}
+    if e.burn_subtitles and has_lines.get(job.primary_language):
         video = video.filter("subtitles", subs[job.primary_language]["ass"],
                              fontsdir=str(Path(font_file(e.font)).parent))
     video = video.filter("drawtext", text=e.label_text, fontfile=font_file(e.font), fontsize=56,
@@ -174,8 +175,8 @@ def build_graph(job: Job, clips: list[str], tracks: dict[str, str], loud: dict[s
             source = source.filter("loudnorm", I=e.loudness_lufs, TP=e.true_peak_db, LRA=11)
         streams.append(source.filter("aresample", SAMPLE_RATE))
         opts[f"metadata:s:a:{i}"] = f"language={ISO639_2.get(lang, lang)}"
-    for i, (lang, files) in enumerate(subs.items()):
-        streams.append(ffmpeg.input(files["srt"]))
+    for i, (lang, files) in enumerate((k, v) for k, v in subs.items() if has_lines[k]):
+        streams.append(ffmpeg.input(files["srt"]))  # an episode without dialogue has no subtitle tracks
         opts[f"metadata:s:s:{i}"] = f"language={ISO639_2.get(lang, lang)}"
     opts.update({"metadata:g:0": f"AIGC={aigc_label(job, content_id)}",
                  "metadata:g:1": f"title={job.title or job.episode}",
