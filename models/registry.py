@@ -9,19 +9,38 @@ from typing import Any
 BACKENDS: dict[str, dict[str, str]] = {
     "script": {
         "fountain": "models.llm.fountain:FountainScript",
+        "llm-tiny": "models.llm.transformers_llm:TinyLLM",
+        "smollm2": "models.llm.transformers_llm:SmolLM2",
+        "hf-causal-lm": "models.llm.transformers_llm:HFCausalLM",
+        "openai-api": "models.llm.openai_api:OpenAIScript",
     },
     "storyboard": {
         "procedural": "models.image.procedural:ProceduralStoryboard",
+        "flux-tiny": "models.image.diffusers_t2i:FluxTiny",
+        "flux-dev": "models.image.diffusers_t2i:FluxDev",
+        "sdxl": "models.image.diffusers_t2i:SDXL",
     },
     "video": {
         "camera-move": "models.video.camera:CameraMoveVideo",
+        "wan-tiny": "models.video.diffusers_video:WanTiny",
+        "wan2.1-i2v-480p": "models.video.diffusers_video:Wan21I2V480P",
+        "wan2.1-t2v-1.3b": "models.video.diffusers_video:Wan21T2V13B",
+        "ltx-video": "models.video.diffusers_video:LTXVideo",
     },
     "tts": {
         "espeak-ng": "models.tts.espeak:EspeakTTS",
         "piper": "models.tts.piper:PiperTTS",
+        "vits-tiny": "models.tts.vits:VitsTiny",
+        "mms-tts-eng": "models.tts.vits:MmsTtsEng",
+        "mms-tts": "models.tts.vits:MmsTts",
     },
     "translate": {
         "none": "models.mt.none:NoTranslation",
+        "marian-tiny": "models.mt.marian:MarianTiny",
+        "opus-mt-zh-en": "models.mt.marian:OpusMtZhEn",
+        "opus-mt-en-zh": "models.mt.marian:OpusMtEnZh",
+        "nllb-600m": "models.mt.marian:Nllb600M",
+        "llm-api": "models.mt.llm_api:LLMApiTranslate",
     },
 }
 

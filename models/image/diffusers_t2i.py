@@ -17,6 +17,8 @@ from models import hub
 from models.registry import BackendResult
 from pipeline.script import Script, Shot
 
+hub.require_packages("torch", "diffusers", "transformers")
+
 FRAMING_WORDS = {"wide": "wide establishing shot", "medium": "medium shot", "close": "close-up",
                  "extreme-close": "extreme close-up", "over-shoulder": "over-the-shoulder shot"}
 
@@ -80,7 +82,8 @@ def check_size(width: int, height: int, who: str) -> None:
 class DiffusersKeyframes:
     """Text-to-image keyframes through a diffusers pipeline kept resident after the first call.
 
-    Options: ``weights_dir`` (local folder with model_index.json; else the hub cache), ``dtype``
+    Options: ``model_id`` (another checkpoint of the same pipeline family), ``weights_dir`` (local folder
+    with model_index.json; else the hub cache), ``dtype``
     (float32|float16|bfloat16), ``device`` ("auto", "cpu", "cuda", "cuda:1"), ``steps``, ``guidance``,
     ``style`` (appended to every prompt), ``negative_prompt`` (SDXL only), ``characters`` (name → reference
     prompt), ``character_seeds`` (name → seed), ``cpu_offload`` (diffusers model CPU offload),
@@ -91,8 +94,8 @@ class DiffusersKeyframes:
     resident = True
     num_gpus = 0
 
-    def __init__(self, *, weights_dir: str | None = None, dtype: str | None = None, device: str = "auto",
-                 steps: int | None = None, guidance: float | None = None,
+    def __init__(self, *, model_id: str | None = None, weights_dir: str | None = None, dtype: str | None = None,
+                 device: str = "auto", steps: int | None = None, guidance: float | None = None,
                  style: str = "vertical 9:16 cinematic film still, micro-drama, dramatic lighting",
                  negative_prompt: str = NEGATIVE, characters: dict[str, str] | None = None,
                  character_seeds: dict[str, int] | None = None, cpu_offload: bool = False,
@@ -108,14 +111,15 @@ class DiffusersKeyframes:
         self.style, self.negative_prompt, self.cpu_offload = style, negative_prompt, cpu_offload
         self.characters, self.character_seeds = dict(characters or {}), dict(character_seeds or {})
         self.tiny_seed = tiny_seed
-        self.source = (hub.require_weights("storyboard", s.name, s.model_id, weights_dir, "model_index.json")
-                       if s.model_id else None)
+        self.model_id = hub.model_id_option(s.name, s.model_id, model_id, "storyboard")
+        self.source = (hub.require_weights("storyboard", s.name, self.model_id, weights_dir, "model_index.json")
+                       if self.model_id else None)
         self.loads = 0
         self._pipe: Any = None
 
-    def _load(self) -> Any:
+    def load(self) -> Any:
         if self._pipe is None:
-            if self.spec.model_id is None:
+            if self.model_id is None:
                 from models import tiny
 
                 self._pipe = tiny.flux(self.tiny_seed)
@@ -142,7 +146,7 @@ class DiffusersKeyframes:
     def render(self, shot: Shot, script: Script, out_path: Path, *, width: int, height: int,
                seed: int) -> BackendResult:
         check_size(width, height, f"storyboard {self.spec.name}")
-        pipe = self._load()
+        pipe = self.load()
         prompt = keyframe_prompt(shot, script, self.characters, self.style)
         used_seed = self.shot_seed(shot, seed)
         kwargs: dict[str, Any] = dict(prompt=prompt, height=height, width=width, num_inference_steps=self.steps,
@@ -159,7 +163,7 @@ class DiffusersKeyframes:
             outputs={"image": str(out_path)},
             ai_usage=({"tool": name, "unit": "image", "quantity": 1},
                       {"tool": f"{name}:step", "unit": "step", "quantity": self.steps}),
-            params={"model": self.spec.model_id or f"tiny-random-flux(seed={self.tiny_seed})", "steps": self.steps,
+            params={"model": self.model_id or f"tiny-random-flux(seed={self.tiny_seed})", "steps": self.steps,
                     "guidance": self.guidance, "seed": used_seed, "width": width, "height": height,
                     "dtype": self.dtype, "prompt": prompt})
 

@@ -23,7 +23,8 @@ def _pattern(glossary: dict[str, str]) -> re.Pattern[str] | None:
     terms = sorted((t for t in glossary if t.strip()), key=len, reverse=True)
     if not terms:
         return None
-    alts = [rf"(?<![\w]){re.escape(t)}(?![\w])" if t.isascii() else re.escape(t) for t in terms]
+    # Latin terms match as whole words (a CJK neighbour is a boundary); other scripts match anywhere
+    alts = [rf"(?<![A-Za-z0-9]){re.escape(t)}(?![A-Za-z0-9])" if t.isascii() else re.escape(t) for t in terms]
     return re.compile("|".join(alts))
 
 

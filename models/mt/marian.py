@@ -7,7 +7,6 @@ as the glossary says. `params` reports how many lines needed that fallback.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from models import hub
@@ -17,6 +16,8 @@ from models.registry import BackendResult
 NLLB_CODES = {"zh": "zho_Hans", "zh-Hant": "zho_Hant", "en": "eng_Latn", "ja": "jpn_Jpan", "ko": "kor_Hang",
               "fr": "fra_Latn", "es": "spa_Latn", "de": "deu_Latn", "pt": "por_Latn", "ru": "rus_Cyrl",
               "ar": "arb_Arab", "th": "tha_Thai", "vi": "vie_Latn", "id": "ind_Latn", "ms": "zsm_Latn"}
+
+hub.require_packages("torch", "transformers", "sentencepiece")
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,8 @@ SPECS = {
 class Seq2SeqTranslate:
     """Batch translation through a resident seq2seq model and its tokenizer.
 
-    Options: ``weights_dir``, ``device``, ``dtype``, ``num_beams``, ``max_new_tokens``, ``batch_size``,
-    ``lang_codes`` (NLLB: extra language → FLORES code), ``placeholder`` (format with ``{i}``),
+    Options: ``model_id`` (another checkpoint of the family), ``weights_dir``, ``device``, ``dtype``,
+    ``num_beams``, ``max_new_tokens`` (also capped at 3 per source token + 8), ``batch_size``, ``lang_codes`` (NLLB: extra language → FLORES code), ``placeholder`` (format with ``{i}``),
     ``tiny_seed`` (weights seed of marian-tiny).
     """
 
@@ -51,8 +52,8 @@ class Seq2SeqTranslate:
     resident = True
     num_gpus = 0
 
-    def __init__(self, *, weights_dir: str | None = None, device: str = "auto", dtype: str = "float32",
-                 num_beams: int | None = None, max_new_tokens: int = 256, batch_size: int = 16,
+    def __init__(self, *, model_id: str | None = None, weights_dir: str | None = None, device: str = "auto",
+                 dtype: str = "float32", num_beams: int | None = None, max_new_tokens: int = 256, batch_size: int = 16,
                  lang_codes: dict[str, str] | None = None, placeholder: str = gl.PLACEHOLDER,
                  tiny_seed: int = 0) -> None:
         s = self.spec
@@ -64,14 +65,15 @@ class Seq2SeqTranslate:
         self.num_beams = int(num_beams or s.num_beams)
         self.max_new_tokens, self.batch_size = int(max_new_tokens), max(1, int(batch_size))
         self.codes = {**NLLB_CODES, **(lang_codes or {})}
-        self.source = (hub.require_weights("translate", s.name, s.model_id, weights_dir, "config.json")
-                       if s.model_id else None)
+        self.model_id = hub.model_id_option(s.name, s.model_id, model_id, "translate")
+        self.source = (hub.require_weights("translate", s.name, self.model_id, weights_dir, "config.json")
+                       if self.model_id else None)
         self.loads = 0
         self._loaded: tuple[Any, Any] | None = None
 
-    def _load(self) -> tuple[Any, Any]:
+    def load(self) -> tuple[Any, Any]:
         if self._loaded is None:
-            if self.spec.model_id is None:
+            if self.model_id is None:
                 from models import tiny
 
                 self._loaded = tiny.marian(self.tiny_seed)
@@ -99,7 +101,7 @@ class Seq2SeqTranslate:
     def _run(self, texts: list[str], src: str, tgt: str) -> list[str]:
         import torch
 
-        model, tok = self._load()
+        model, tok = self.load()
         gen: dict[str, Any] = dict(num_beams=self.num_beams, max_new_tokens=self.max_new_tokens, do_sample=False)
         if self.spec.family == "nllb":
             tok.src_lang = self.codes[src]
@@ -108,10 +110,12 @@ class Seq2SeqTranslate:
         for i in range(0, len(texts), self.batch_size):
             batch = [self.spec.target_prefix + t for t in texts[i:i + self.batch_size]]
             enc = tok(batch, return_tensors="pt", padding=True, truncation=True).to(model.device)
-            budget = min(self.max_new_tokens, 3 * enc["input_ids"].shape[1] + 8)  # no runaway output
+            # no runaway output: at most 3 tokens per source token (+8), per line, so a line's translation
+            # does not depend on the lines batched with it
+            budgets = [min(self.max_new_tokens, 3 * int(n) + 8) for n in enc["attention_mask"].sum(dim=1)]
             with torch.no_grad():
-                ids = model.generate(**enc, **{**gen, "max_new_tokens": budget})
-            out += [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
+                ids = model.generate(**enc, **{**gen, "max_new_tokens": max(budgets)})
+            out += [tok.decode(row[:1 + b], skip_special_tokens=True).strip() for row, b in zip(ids, budgets)]
         return out
 
     def _translate_pieces(self, texts: list[str], src: str, tgt: str) -> list[str]:
@@ -142,7 +146,7 @@ class Seq2SeqTranslate:
         return BackendResult(
             outputs={"texts": results},
             ai_usage=({"tool": self.spec.name, "unit": "char", "quantity": sent},),
-            params={"model": self.spec.model_id or f"tiny-random-marian(seed={self.tiny_seed})", "src": src,
+            params={"model": self.model_id or f"tiny-random-marian(seed={self.tiny_seed})", "src": src,
                     "tgt": tgt, "lines": len(texts), "glossary_terms": len(glossary),
                     "glossary_fallback_lines": len(fallback), "num_beams": self.num_beams})
 

@@ -24,6 +24,8 @@ SPECS: dict[str, dict[str, str | None]] = {
     "mms-tts": {},  # languages from options.models, e.g. {en: facebook/mms-tts-eng, fr: facebook/mms-tts-fra}
 }
 
+hub.require_packages("torch", "transformers")
+
 
 def stand_in_spelling(text: str, vocab: set[str]) -> str:
     """Characters outside `vocab` become a letter chosen by code point; spaces kept (tiny model only)."""
@@ -82,6 +84,11 @@ class VitsTTS:
             raise hub.WeightsMissing(problems)
         return sources
 
+    def load(self) -> None:
+        """Load every configured voice now (otherwise each loads on its first line)."""
+        for lang in self.models:
+            self._model(lang)
+
     def _model(self, lang: str) -> tuple[Any, Any]:
         key = lang if lang in self.models else "*"
         if key not in self.models:
@@ -119,9 +126,9 @@ class VitsTTS:
         model, tok = self._model(lang)
         tiny = self.models.get(lang, self.models.get("*")) is None
         enc = self._inputs(tok, text, lang, tiny).to(model.device)
+        # set on every call: the tiny model is shared by every VitsTTS in the process
         model.speaking_rate = float(voice.get("rate", self.speaking_rate))
-        if self.noise_scale is not None:
-            model.noise_scale = self.noise_scale
+        model.noise_scale = self.noise_scale if self.noise_scale is not None else model.config.noise_scale
         line_seed = zlib.crc32(f"{self.seed}|{speaker}|{lang}|{text}".encode("utf-8"))
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(line_seed)

@@ -21,6 +21,8 @@ from models.image.diffusers_t2i import FRAMING_WORDS, check_size
 from models.registry import BackendResult
 from pipeline.script import Shot
 
+hub.require_packages("torch", "diffusers", "transformers")
+
 CAMERA_WORDS = {"hold": "static camera", "push-in": "slow push-in", "pull-out": "slow pull-out",
                 "pan-left": "camera pans left", "pan-right": "camera pans right", "tilt-up": "camera tilts up",
                 "tilt-down": "camera tilts down"}
@@ -92,6 +94,12 @@ def write_lossless(frames: np.ndarray, out_path: Path, fps: int) -> None:
         raise RuntimeError(f"ffmpeg failed writing {out_path}: {proc.stderr.decode(errors='replace')[-500:]}")
 
 
+def _default_text_tokens(spec: VideoSpec) -> int:
+    if spec.model_id is None:
+        return 32  # tiny encoder
+    return 128 if spec.family == "ltx" else 512  # the lengths the models were trained with
+
+
 def to_uint8(video: Any) -> np.ndarray:
     arr = np.asarray(video, dtype=np.float32)
     return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -100,17 +108,18 @@ def to_uint8(video: Any) -> np.ndarray:
 class DiffusersVideo:
     """Image-to-video (from the keyframe) or text-to-video through a resident diffusers pipeline.
 
-    Options: ``weights_dir``, ``dtype``, ``device``, ``steps``, ``guidance``, ``mode`` ("i2v"|"t2v"),
-    ``shift`` (flow-match shift; Wan default 3.0 at 480p), ``max_frames``, ``negative_prompt``, ``style``,
-    ``max_sequence_length`` (text tokens), ``cpu_offload``, ``tiny_seed`` (weights seed of wan-tiny).
+    Options: ``model_id`` (another checkpoint of the family), ``weights_dir``, ``dtype``, ``device``,
+    ``steps``, ``guidance``, ``mode`` ("i2v"|"t2v"), ``shift`` (flow-match shift; Wan uses 3.0 at 480p),
+    ``max_frames``, ``negative_prompt``, ``style``, ``max_sequence_length`` (text tokens), ``cpu_offload``,
+    ``tiny_seed`` (weights seed of wan-tiny).
     """
 
     spec: VideoSpec = SPECS["wan-tiny"]
     resident = True
     num_gpus = 0
 
-    def __init__(self, *, weights_dir: str | None = None, dtype: str | None = None, device: str = "auto",
-                 steps: int | None = None, guidance: float | None = None, mode: str | None = None,
+    def __init__(self, *, model_id: str | None = None, weights_dir: str | None = None, dtype: str | None = None,
+                 device: str = "auto", steps: int | None = None, guidance: float | None = None, mode: str | None = None,
                  shift: float | None = None, max_frames: int | None = None, negative_prompt: str = NEGATIVE,
                  style: str = "vertical cinematic micro-drama", max_sequence_length: int | None = None,
                  cpu_offload: bool = False, tiny_seed: int = 0) -> None:
@@ -127,28 +136,30 @@ class DiffusersVideo:
         hub.torch_dtype(self.dtype)
         self.device = device if s.model_id else "cpu" if device == "auto" else device
         self.shift, self.negative_prompt, self.style = shift, negative_prompt, style
-        self.max_sequence_length = max_sequence_length or (32 if s.model_id is None else 512)
+        self.max_sequence_length = max_sequence_length or _default_text_tokens(s)
         self.cpu_offload, self.tiny_seed = cpu_offload, tiny_seed
-        self.source = (hub.require_weights("video", s.name, s.model_id, weights_dir, "model_index.json")
-                       if s.model_id else None)
+        self.model_id = hub.model_id_option(s.name, s.model_id, model_id, "video")
+        self.source = (hub.require_weights("video", s.name, self.model_id, weights_dir, "model_index.json")
+                       if self.model_id else None)
         self.loads = 0
         self._pipe: Any = None
 
     # ------------------------------------------------------------ loading
 
-    def _load(self) -> Any:
+    def load(self) -> Any:
         if self._pipe is None:
-            if self.spec.model_id is None:
+            if self.model_id is None:
                 from models import tiny
 
                 self._pipe = tiny.wan_i2v(self.tiny_seed) if self.mode == "i2v" else tiny.wan_t2v(self.tiny_seed)
             else:
                 self._pipe = self._load_real()
-            if self.shift is not None:
-                from diffusers import FlowMatchEulerDiscreteScheduler
-
-                self._pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-                    self._pipe.scheduler.config, shift=self.shift)
+            if self.shift is not None:  # a new pipeline object over the same modules: cached ones stay as built
+                config = self._pipe.scheduler.config  # UniPC (published Wan) calls it flow_shift, Euler shift
+                key = "flow_shift" if "flow_shift" in config else "shift"
+                scheduler = type(self._pipe.scheduler).from_config(config, **{key: self.shift})
+                self._pipe = type(self._pipe)(**{**self._pipe.components, "scheduler": scheduler})
+                self._pipe.set_progress_bar_config(disable=True)
             self.loads += 1
         return self._pipe
 
@@ -214,7 +225,7 @@ class DiffusersVideo:
         needed = max(1, round(duration_s * fps))
         cap = s.frame_step * ((self.max_frames - 1) // s.frame_step) + 1  # largest valid count <= max_frames
         generated = min(valid_frames(needed, s.frame_step), cap)
-        pipe = self._load()
+        pipe = self.load()
         prompt = motion_prompt(shot, self.style)
         video = self._generate(pipe, prompt, Path(keyframe), generated, width, height, seed)
         clip = retime(video, needed)
@@ -226,7 +237,7 @@ class DiffusersVideo:
             ai_usage=({"tool": s.name, "unit": "second", "quantity": round(needed / fps, 6)},
                       {"tool": f"{s.name}:step", "unit": "step", "quantity": self.steps},
                       {"tool": f"{s.name}:frame", "unit": "frame", "quantity": len(video)}),
-            params={"model": s.model_id or f"tiny-random-wan2.1(seed={self.tiny_seed})", "mode": self.mode,
+            params={"model": self.model_id or f"tiny-random-wan2.1(seed={self.tiny_seed})", "mode": self.mode,
                     "steps": self.steps, "guidance": self.guidance, "seed": seed, "fps": fps,
                     "frames_needed": needed, "frames_generated": len(video),
                     "frames_rule": f"{s.frame_step}k+1", "retimed": len(video) < needed,

@@ -1,0 +1,139 @@
+"""OpenAI-compatible chat-completions client (DeepSeek, Qwen/DashScope, vLLM…) and the `openai-api` script backend.
+
+The API key is read from the environment variable named in the options at each request and is never
+stored on the object, so it cannot show up in a repr, a pickled Ray argument, a log line or an error
+(error texts are also scrubbed of it). Usage is metered from the response's `usage` block as
+"<model>:input" / "<model>:output" tokens; a response without `usage` is an error, since the bill
+could not be checked.
+"""
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from models.llm import screenwriter
+from models.registry import BackendResult
+from pipeline.errors import UserError
+
+
+class ApiError(RuntimeError):
+    """The endpoint answered with an error or something that is not a chat completion."""
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    model: str
+
+
+class ChatClient:
+    """POST {base_url}/chat/completions with a bearer key from `os.environ[api_key_env]`."""
+
+    def __init__(self, *, base_url: str, model: str, api_key_env: str, timeout_s: float = 120.0,
+                 stage: str = "script") -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise UserError(f"stages.{stage}.options.base_url must be an http(s) URL, got {base_url!r}")
+        if not model:
+            raise UserError(f"stages.{stage}.options.model: name the model, e.g. deepseek-chat or qwen-plus")
+        if not api_key_env or not os.environ.get(api_key_env):
+            raise UserError(f"stages.{stage}.options.api_key_env: environment variable {api_key_env or '(unset)'} "
+                            f"holding the API key is not set on this machine; export it (never put keys in "
+                            f"job or profile files)")
+        self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
+        self.timeout_s = float(timeout_s)
+
+    def __repr__(self) -> str:
+        return f"ChatClient(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
+
+    def _scrub(self, text: str) -> str:
+        key = os.environ.get(self.api_key_env, "")
+        return text.replace(key, "***") if key else text
+
+    def _post(self, payload: dict) -> dict:
+        request = urllib.request.Request(
+            f"{self.base_url}/chat/completions", data=json.dumps(payload).encode("utf-8"), method="POST",
+            headers={"Content-Type": "application/json", "Accept": "application/json",
+                     "Authorization": f"Bearer {os.environ.get(self.api_key_env, '')}"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
+                body = resp.read().decode("utf-8", errors="replace")
+        except urllib.error.HTTPError as err:
+            detail = err.read().decode("utf-8", errors="replace")[:500]
+            raise ApiError(self._scrub(f"{self.model} at {self.base_url}: HTTP {err.code}: {detail}")) from None
+        except (urllib.error.URLError, TimeoutError, OSError) as err:
+            raise ApiError(self._scrub(f"{self.model} at {self.base_url}: {err}")) from None
+        try:
+            return json.loads(body)
+        except json.JSONDecodeError:
+            raise ApiError(self._scrub(f"{self.model} at {self.base_url}: not JSON: {body[:200]!r}")) from None
+
+    def chat(self, messages: list[dict[str, str]], *, temperature: float = 0.7, max_tokens: int = 2048,
+             seed: int | None = None) -> ChatReply:
+        payload: dict = {"model": self.model, "messages": messages, "temperature": temperature,
+                         "max_tokens": max_tokens, "stream": False}
+        if seed is not None:
+            payload["seed"] = int(seed)
+        data = self._post(payload)
+        try:
+            text = data["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise ApiError(self._scrub(f"{self.model}: no choices[0].message.content in {str(data)[:200]}")) from None
+        usage = data.get("usage") or {}
+        if "prompt_tokens" not in usage or "completion_tokens" not in usage:
+            raise ApiError(f"{self.model}: the response carries no usage (prompt/completion tokens); "
+                           f"the call cannot be metered")
+        return ChatReply(text, int(usage["prompt_tokens"]), int(usage["completion_tokens"]),
+                         str(data.get("model") or self.model))
+
+
+def token_usage(model: str, tokens_in: int, tokens_out: int) -> tuple[dict, ...]:
+    """The ai_usage entries for one model's tokens (price-table keys "<model>:input" / "<model>:output")."""
+    return ({"tool": f"{model}:input", "unit": "token", "quantity": tokens_in},
+            {"tool": f"{model}:output", "unit": "token", "quantity": tokens_out})
+
+
+class OpenAIScript:
+    """Writes the screenplay through an OpenAI-compatible chat API (validated, re-prompted, repaired).
+
+    Options: ``base_url`` (e.g. https://api.deepseek.com/v1), ``model`` (e.g. deepseek-chat),
+    ``api_key_env`` (name of the env var with the key), ``temperature``, ``max_tokens``, ``timeout_s``,
+    ``repair`` (skeleton|reprompt|none).
+    """
+
+    resident = False  # nothing to keep loaded: an HTTP client
+    num_gpus = 0
+
+    def __init__(self, *, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY",
+                 temperature: float = 0.8, max_tokens: int = 4096, timeout_s: float = 180.0,
+                 repair: str = "skeleton") -> None:
+        if repair not in screenwriter.REPAIRS:
+            raise ValueError(f"stages.script.options.repair must be one of {', '.join(screenwriter.REPAIRS)}")
+        self.client = ChatClient(base_url=base_url, model=model, api_key_env=api_key_env, timeout_s=timeout_s)
+        self.temperature, self.max_tokens, self.repair = temperature, max_tokens, repair
+
+    def __repr__(self) -> str:
+        return f"OpenAIScript({self.client!r})"
+
+    def write(self, *, logline: str, beats: list[str], language: str, seed: int) -> BackendResult:
+        tokens = [0, 0]
+
+        def generate(messages: list[dict[str, str]]) -> str:
+            reply = self.client.chat(messages, temperature=self.temperature, max_tokens=self.max_tokens, seed=seed)
+            tokens[0] += reply.input_tokens
+            tokens[1] += reply.output_tokens
+            return reply.text
+
+        try:
+            text, params = screenwriter.write_screenplay(generate, logline=logline, beats=list(beats),
+                                                         language=language, repair=self.repair)
+        except screenwriter.ScreenwriterError as err:  # the tokens were spent: say so in the error
+            raise screenwriter.ScreenwriterError(f"{err} [{tokens[0]} input + {tokens[1]} output tokens "
+                                                 f"of {self.client.model} spent]") from None
+        return BackendResult(outputs={"screenplay": text}, ai_usage=token_usage(self.client.model, *tokens),
+                             params={**params, "model": self.client.model, "base_url": self.client.base_url,
+                                     "tokens_in": tokens[0], "tokens_out": tokens[1], "seed": seed})

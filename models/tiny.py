@@ -1,0 +1,305 @@
+"""Architecture-exact tiny random models, built offline and deterministically from a seed, for tests and CPU runs.
+
+Every builder uses the real classes (diffusers' WanPipeline/WanImageToVideoPipeline/FluxPipeline,
+transformers' UMT5/T5/CLIP/Qwen2/VITS/Marian) at diffusers-fast-test sizes, with random weights drawn
+under a forked, seeded RNG and tokenizers built from an in-memory vocabulary (SentencePiece models for
+Marian are trained in memory on a fixed corpus): nothing is downloaded. Results are cached per process,
+so a resident Ray actor builds each model once; `BUILDS` counts the builds.
+"""
+from __future__ import annotations
+
+import atexit
+import io
+import json
+import shutil
+import string
+import tempfile
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+BUILDS: Counter[str] = Counter()  # kind -> models built in this process
+_CACHE: dict[tuple[str, int], Any] = {}
+_LOCK = threading.Lock()
+
+# A fixed character inventory: ASCII plus common hanzi (the most frequent characters and a few names).
+HANZI = ("的一是不了人我在有他这为之大来以个中上们到说国和地也子时道出而要于就下得可你年生自会那后能对着事其里所去"
+         "行过家十用发天如然作方成者多日都三小军二无同么经法当起与好看学进种将还分此心前面又定见只主没公从她谁吗吧呢"
+         "签合同今从替身总裁办室夜晚妈手术费付记住演完月自由裙穿身后声笑城墙灯笼风林晓顾辰苏曼")
+CHARS = string.ascii_letters + string.digits + string.punctuation + HANZI + "，。！？、：；“”‘’（）—…"
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def cached(kind: str, seed: int, build: Callable[[int], Any]) -> Any:
+    """Build `kind` for `seed` once per process (thread-safe) and return the cached object after."""
+    key = (kind, int(seed))
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = _seeded(build, int(seed))
+            BUILDS[kind] += 1
+        return _CACHE[key]
+
+
+def clear_cache() -> None:
+    """Forget every cached model (the next call builds again, as a fresh process would)."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+def _seeded(build: Callable[[int], Any], seed: int) -> Any:
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build(seed)
+
+
+def _eval(*modules: Any) -> None:
+    for m in modules:
+        m.eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------- tokenizers (in-memory vocabularies)
+
+def t5_tokenizer() -> Any:
+    """A T5/UMT5 Unigram tokenizer over CHARS (the class Wan and FLUX load for their T5 encoders)."""
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)]
+    vocab += [(c, -2.0) for c in dict.fromkeys(CHARS)]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def _byte_alphabet() -> list[str]:
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    return sorted(ByteLevel.alphabet())
+
+
+def clip_tokenizer() -> Any:
+    """A CLIP byte-level BPE tokenizer with no merges (every byte a token), 77 positions as in CLIP."""
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {}
+    for tok in _byte_alphabet() + [b + "</w>" for b in _byte_alphabet()] + ["<|startoftext|>", "<|endoftext|>"]:
+        vocab.setdefault(tok, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def byte_bpe_tokenizer() -> Any:
+    """A Qwen2 byte-level BPE tokenizer with no merges and a ChatML chat template: encodes any text."""
+    from transformers import Qwen2Tokenizer
+
+    vocab = {b: i for i, b in enumerate(_byte_alphabet())}
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], model_max_length=4096)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def vits_tokenizer(folder: Path) -> Any:
+    """A VITS/MMS character tokenizer: vocab.json (lowercase letters, digits, punctuation) written to `folder`."""
+    from transformers import VitsTokenizer
+
+    chars = ["<pad>", " "] + list(string.ascii_lowercase + string.digits + "'.,?!-")
+    (folder / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(chars)}), encoding="utf-8")
+    return VitsTokenizer(vocab_file=str(folder / "vocab.json"), phonemize=False, add_blank=True,
+                         normalize=True, pad_token="<pad>", unk_token="<pad>")
+
+
+def _train_spm(corpus: list[str]) -> bytes:
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=model, vocab_size=len(set("".join(corpus))) + 8,
+        model_type="char", character_coverage=1.0, hard_vocab_limit=False, unk_id=0, bos_id=-1,
+        eos_id=-1, pad_id=-1, minloglevel=2, num_threads=1)
+    return model.getvalue()
+
+
+def marian_tokenizer(folder: Path) -> Any:
+    """A MarianTokenizer from SentencePiece char models trained in memory on CHARS (milliseconds)."""
+    from transformers import MarianTokenizer
+
+    corpus = [CHARS[i:i + 40] for i in range(0, len(CHARS), 40)] + ["Lin Xiao signed it.", "你好，顾辰。"]
+    spm_bytes = _train_spm(corpus)
+    for side in ("source", "target"):
+        (folder / f"{side}.spm").write_bytes(spm_bytes)
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=spm_bytes)
+    vocab = {"</s>": 0, "<unk>": 1}
+    for i in range(sp.get_piece_size()):
+        vocab.setdefault(sp.id_to_piece(i), len(vocab))
+    vocab["<pad>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    return MarianTokenizer(source_spm=str(folder / "source.spm"), target_spm=str(folder / "target.spm"),
+                           vocab=str(folder / "vocab.json"), model_max_length=512)
+
+
+def _tmpdir(kind: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=f"microdrama-tiny-{kind}-"))
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+# ---------------------------------------------------------------- video: Wan2.1
+
+def _umt5(vocab_size: int) -> Any:
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(UMT5Config(vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=2,
+                                       num_heads=4, relative_attention_num_buckets=8))
+
+
+def _wan_vae() -> Any:
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True])
+
+
+def _wan_transformer(in_channels: int, image_dim: int | None) -> Any:
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                 in_channels=in_channels, out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32,
+                                 num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                 rope_max_seq_len=32, image_dim=image_dim)
+
+
+def _build_wan_t2v(seed: int) -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    tok = t5_tokenizer()
+    text_encoder, vae, transformer = _umt5(len(tok)), _wan_vae(), _wan_transformer(16, None)
+    _eval(text_encoder, vae, transformer)
+    pipe = WanPipeline(tokenizer=tok, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _build_wan_i2v(seed: int) -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    tok = t5_tokenizer()
+    text_encoder, vae, transformer = _umt5(len(tok)), _wan_vae(), _wan_transformer(36, 4)
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+        intermediate_size=16, patch_size=1))
+    _eval(text_encoder, vae, transformer, image_encoder)
+    pipe = WanImageToVideoPipeline(
+        tokenizer=tok, text_encoder=text_encoder, vae=vae, transformer=transformer, image_encoder=image_encoder,
+        image_processor=CLIPImageProcessorPil(crop_size=32, size=32),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def wan_t2v(seed: int = 0) -> Any:
+    """Tiny Wan2.1 text-to-video pipeline (UMT5 encoder, Wan VAE, 2-layer Wan DiT, flow-match Euler)."""
+    return cached("wan-t2v", seed, _build_wan_t2v)
+
+
+def wan_i2v(seed: int = 0) -> Any:
+    """Tiny Wan2.1 image-to-video pipeline (as t2v plus a CLIP vision encoder; 36 input channels)."""
+    return cached("wan-i2v", seed, _build_wan_i2v)
+
+
+# ---------------------------------------------------------------- image: FLUX.1
+
+def _build_flux(seed: int) -> Any:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    clip_tok, t5_tok = clip_tokenizer(), t5_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])
+    eos = clip_tok.convert_tokens_to_ids("<|endoftext|>")
+    clip = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=clip_tok.convert_tokens_to_ids("<|startoftext|>"), eos_token_id=eos, pad_token_id=eos,
+        hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=len(clip_tok),
+        projection_dim=32, max_position_embeddings=77, hidden_act="gelu"))
+    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                 relative_attention_num_buckets=8))
+    # four blocks: 8× spatial compression as in the real FLUX VAE (16 px per packed latent token)
+    vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 8, 8, 8),
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        layers_per_block=1, latent_channels=4, norm_num_groups=4, use_quant_conv=False,
+                        use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+    _eval(transformer, clip, t5, vae)
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=clip, text_encoder_2=t5,
+                        tokenizer=clip_tok, tokenizer_2=t5_tok, transformer=transformer, vae=vae)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flux(seed: int = 0) -> Any:
+    """Tiny FLUX.1 text-to-image pipeline (CLIP + T5 encoders, 1+1-block FLUX transformer, 8× VAE)."""
+    return cached("flux", seed, _build_flux)
+
+
+# ---------------------------------------------------------------- text: causal LM, Marian, VITS
+
+def _build_causal_lm(seed: int) -> tuple[Any, Any]:
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    tok = byte_bpe_tokenizer()
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True, eos_token_id=eos,
+        pad_token_id=tok.pad_token_id, bos_token_id=None))
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    _eval(model)
+    return model, tok
+
+
+def causal_lm(seed: int = 0) -> tuple[Any, Any]:
+    """Tiny Qwen2-style causal LM and its byte-level tokenizer (with a ChatML template); text is gibberish."""
+    return cached("causal-lm", seed, _build_causal_lm)
+
+
+def _build_marian(seed: int) -> tuple[Any, Any]:
+    from transformers import MarianConfig, MarianMTModel
+
+    tok = marian_tokenizer(_tmpdir("marian"))
+    model = MarianMTModel(MarianConfig(
+        vocab_size=len(tok), d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id,
+        forced_eos_token_id=tok.eos_token_id))
+    _eval(model)
+    return model, tok
+
+
+def marian(seed: int = 0) -> tuple[Any, Any]:
+    """Tiny MarianMT encoder-decoder and a real MarianTokenizer (SentencePiece char models)."""
+    return cached("marian", seed, _build_marian)
+
+
+def _build_vits(seed: int) -> tuple[Any, Any]:
+    from transformers import VitsConfig, VitsModel
+
+    tok = vits_tokenizer(_tmpdir("vits"))
+    # transformers' VitsModelTester sizes, with MMS's 256× upsampling so durations are speech-like
+    model = VitsModel(VitsConfig(
+        vocab_size=len(tok), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64, flow_size=16,
+        spectrogram_bins=8, duration_predictor_num_flows=2, duration_predictor_filter_channels=16,
+        prior_encoder_num_flows=2, posterior_encoder_num_wavenet_layers=2, upsample_initial_channel=16,
+        upsample_rates=[8, 8, 2, 2], upsample_kernel_sizes=[16, 16, 4, 4], resblock_kernel_sizes=[3, 7],
+        resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]], sampling_rate=16000))
+    _eval(model)
+    return model, tok
+
+
+def vits(seed: int = 0) -> tuple[Any, Any]:
+    """Tiny VITS (MMS-TTS architecture, 16 kHz) and its character VitsTokenizer."""
+    return cached("vits", seed, _build_vits)
