@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from pipeline.finance.claims import evaluate
 from pipeline.finance.claims_cli import app
 from pipeline.finance.datafiles import load_exact
-from pipeline.finance.money import D
+from pipeline.money import D
 from pipeline.finance.policies import DEFAULT_POLICY_DIR, load_policies
 from pipeline.finance.scenario import ScenarioError, parse_scenario
 

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from pipeline.finance.build import (CST, FactsError, build_scenario, load_facts, parse_facts)
 from pipeline.finance.claims import evaluate
 from pipeline.finance.claims_cli import app
-from pipeline.finance.money import ZERO, D, fmt, to_fen
+from pipeline.money import ZERO, D, fmt, to_fen
 from pipeline.finance.scenario import load_scenario
 
 SCREENPLAY = """\

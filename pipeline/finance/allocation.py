@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Callable, Iterable
 
-from pipeline.finance.money import ZERO
+from pipeline.money import ZERO
 
 EXHAUSTIVE_LIMIT = 4096  # stacking choices tried one by one up to this many; beyond, coordinate ascent
 

@@ -69,7 +69,7 @@ from pipeline.finance.build_metered import (CST, MeteredDrama, MeteringError, co
                                             default_tracking_uri, exact_sum, meter_drama, open_ledger, plain_text,
                                             public_url)
 from pipeline.finance.datafiles import YamlError, error_lines, load_exact_file
-from pipeline.finance.money import ZERO
+from pipeline.money import ZERO
 from pipeline.finance.scenario import (Company, DayKey, Days, District, Minutes, Money, Scenario, ScenarioError,
                                        parse_scenario)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.finance.money import ZERO, D
+from pipeline.money import ZERO, D
 from pipeline.finance.scenario import DISTRICTS
 
 CST = dt.timezone(dt.timedelta(hours=8), "CST")  # China Standard Time: the claim year's clock

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline.finance.allocation import Allocation, Candidate, Choice, allocate, best_choice
-from pipeline.finance.money import ZERO, fmt, plain
+from pipeline.money import ZERO, fmt, plain
 from pipeline.finance.policies import (Policy, PolicyError, PolicySet, Programme, StackingGroup, load_policies,
                                        selects)
 from pipeline.finance.rules import Assessment, Context, Step, assess

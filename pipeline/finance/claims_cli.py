@@ -12,7 +12,7 @@ from rich.table import Table
 
 from pipeline.errors import UserError
 from pipeline.finance.claims import ClaimResult, evaluate
-from pipeline.finance.money import fmt
+from pipeline.money import fmt
 from pipeline.finance.policies import DEFAULT_POLICY_DIR, load_policies
 from pipeline.finance.scenario import load_scenario
 

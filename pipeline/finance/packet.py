@@ -15,7 +15,7 @@ from pipeline.errors import UserError
 from pipeline.finance.build_metered import exact_sum
 from pipeline.finance.claims import ClaimResult, ProgrammeResult
 from pipeline.finance.datafiles import error_lines
-from pipeline.finance.money import fmt, to_fen
+from pipeline.money import fmt, to_fen
 from pipeline.finance.packet_html import render_summary
 from pipeline.finance.scenario import Money
 from pipeline.finance.workdays import CalendarRangeError, add_working_days

@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.finance.build_metered import (MeteredDrama, cost_entries_by_job, default_ledger, default_tracking_uri,
                                             meter_drama, open_ledger, plain_text, public_url)
 from pipeline.finance.claims import ClaimResult, evaluate
-from pipeline.finance.money import ZERO
+from pipeline.money import ZERO
 from pipeline.finance.packet import PacketError, write_packet
 from pipeline.finance.policies import PolicySet, load_policies
 from pipeline.finance.scenario import Drama, Scenario, load_scenario

@@ -13,7 +13,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from pipeline.errors import UserError
 from pipeline.finance.datafiles import YamlError, error_lines, load_exact_file
-from pipeline.finance.money import D
+from pipeline.money import D
 from pipeline.finance.scenario import (COMPANY_FLAGS, COMPANY_NUMBERS, DISTRICTS, DRAMA_FLAGS,
                                        DRAMA_NUMBERS, DRAMA_TEXTS, District)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from pipeline.finance.money import ZERO, D, fmt, plain, to_fen
+from pipeline.money import ZERO, D, fmt, plain, to_fen
 from pipeline.finance.policies import (Brackets, Cite, Compare, Equals, IncreaseBasis, IsTrue,
                                        Launched, Licensed, Money, Policy, ProducedIn, Programme, Rate,
                                        Share, SumBasis)

@@ -11,7 +11,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from pipeline.errors import UserError
 from pipeline.finance.datafiles import YamlError, error_lines, load_exact_file
-from pipeline.finance.money import ZERO, D
+from pipeline.money import ZERO, D
 
 DISTRICTS = ("huairou", "yizhuang", "tongzhou", "mentougou", "datong")
 District = Literal["huairou", "yizhuang", "tongzhou", "mentougou", "datong"]

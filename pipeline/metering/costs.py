@@ -3,24 +3,24 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
+from decimal import Context, Decimal, localcontext
 from typing import Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.metering.prices import Price, PriceBook, PriceError, money
+from pipeline.money import to_fen
 from pipeline.metering.usage import UsageRecord
 
 __all__ = ["CostLine", "bill", "cost_lines", "idle_lines", "money", "round_fen", "summarise"]
 
 _CTX = Context(prec=50)  # headroom: only divisions (by per or by 3600) are ever cut, at 50 digits
-_FEN = Decimal("0.01")
 _SECONDS_PER_HOUR = Decimal(3600)
 
 
 def round_fen(x: Decimal) -> Decimal:
     """Round a final amount half-up to the fen (0.01 CNY); call only at the end."""
-    return money(x).quantize(_FEN, rounding=ROUND_HALF_UP)
+    return to_fen(money(x))
 
 
 def _hours(seconds: Decimal) -> Decimal:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -17,36 +16,11 @@ UNITS = ("gpu-hour", "vcpu-hour", "gib-hour",
 COMPUTE_UNITS = ("gpu-hour", "vcpu-hour", "gib-hour")
 
 
+from pipeline.money import money  # noqa: E402  (the one money constructor)
+
+
 class PriceError(ValueError):
     """A price table is invalid, or no price is in force for an item at a time."""
-
-
-def money(x: Decimal | int | str | float) -> Decimal:
-    """The one Decimal constructor for money, rates and quantities in cost accounting.
-
-    str and int are exact; a float (a measurement such as wall_s) is taken at its shortest
-    round-trip text (`repr`), so 0.1 becomes Decimal("0.1"), never 0.1000000000000000055...
-    """
-    if isinstance(x, bool):
-        raise TypeError(f"money() does not take a bool, got {x!r}")
-    if isinstance(x, Decimal):
-        d = x
-    elif isinstance(x, int):
-        d = Decimal(x)
-    elif isinstance(x, float):
-        if not math.isfinite(x):
-            raise ValueError(f"money() needs a finite number, got {x!r}")
-        d = Decimal(repr(x))
-    elif isinstance(x, str):
-        try:
-            d = Decimal(x.strip().replace("_", ""))
-        except InvalidOperation:
-            raise ValueError(f"not a decimal number: {x!r}") from None
-    else:
-        raise TypeError(f"money() takes Decimal, int, str or float, got {type(x).__name__}")
-    if not d.is_finite():
-        raise ValueError(f"money() needs a finite number, got {x!r}")
-    return d
 
 
 class YamlFloat(str):

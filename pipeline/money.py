@@ -1,4 +1,4 @@
-"""Money for the claim engine: one Decimal constructor, half-up rounding to the fen, two-decimal text."""
+"""Money everywhere (cost accounting and claims): one Decimal constructor, half-up rounding to the fen."""
 from __future__ import annotations
 
 import math
@@ -9,11 +9,13 @@ ZERO = Decimal(0)
 FLOAT_EXACT_DIGITS = 15  # any decimal with at most 15 significant digits survives a trip through a double
 
 
-def D(value: Decimal | int | str | float) -> Decimal:
+def D(value: Decimal | int | str | float, *, measured: bool = False) -> Decimal:
     """Make an exact Decimal from a string, int or Decimal; a float only if its text is provably exact.
 
     A Python float has lost its source text; its shortest repr is the original decimal whenever that
     had at most 15 significant digits, so such floats are taken at their repr and longer ones refused.
+    `measured=True` is for measurements (wall seconds, quantities reported by a meter): there the float
+    is the value, and its shortest round-trip text is taken whatever its length.
     """
     if isinstance(value, bool):
         raise TypeError(f"a number is needed, got the bool {value!r}")
@@ -22,7 +24,7 @@ def D(value: Decimal | int | str | float) -> Decimal:
     elif isinstance(value, int):
         result = Decimal(value)
     elif isinstance(value, float):
-        result = _from_float(value)
+        result = _from_float(value, measured)
     elif isinstance(value, str):
         result = _from_text(value)
     else:
@@ -39,14 +41,19 @@ def _from_text(text: str) -> Decimal:
         raise ValueError(f"not a decimal number: {text!r}") from None
 
 
-def _from_float(value: float) -> Decimal:
+def _from_float(value: float, measured: bool = False) -> Decimal:
     if not math.isfinite(value):
         raise ValueError(f"a finite number is needed, got {value!r}")
     result = Decimal(repr(value))
-    if len(result.normalize().as_tuple().digits) > FLOAT_EXACT_DIGITS:
+    if not measured and len(result.normalize().as_tuple().digits) > FLOAT_EXACT_DIGITS:
         raise ValueError(f"the float {value!r} has more digits than a float holds exactly; "
                          f"write it as a string, e.g. '{value!r}'")
     return result
+
+
+def money(x: Decimal | int | str | float) -> Decimal:
+    """The constructor for cost accounting, where floats are measurements (see `D(measured=True)`)."""
+    return D(x, measured=True)
 
 
 def to_fen(amount: Decimal) -> Decimal:
