@@ -39,7 +39,7 @@ def run_reference(job, inputs: dict, subs: dict, out: Path) -> None:
     graph.run(quiet=True, overwrite_output=True)
 
 
-def main(repeats: int = 2) -> dict:
+def main(repeats: int = 3) -> dict:
     from pipeline.episode import run_job
 
     work = Path(tempfile.mkdtemp(prefix="bench-edit-"))
@@ -77,4 +77,4 @@ def main(repeats: int = 2) -> dict:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)

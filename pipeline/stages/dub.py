@@ -121,6 +121,15 @@ def read_audio(path: Path, tempo: float = 1.0) -> np.ndarray:
     return np.frombuffer(out, dtype=np.float32).copy()
 
 
+def read_wav(path: Path) -> np.ndarray:
+    """A WAV this stage wrote (mono 16-bit at SAMPLE_RATE) → float32, without a subprocess; else ffmpeg."""
+    with wave.open(str(path), "rb") as w:
+        if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (1, 2, SAMPLE_RATE):
+            return read_audio(path)
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    return (pcm.astype(np.float32) / 32767).astype(np.float32)
+
+
 def time_stretch(clip: np.ndarray, factor: float) -> np.ndarray:
     """Speed speech up by `factor` (pitch kept) with ffmpeg's atempo."""
     if abs(factor - 1.0) < 1e-6:

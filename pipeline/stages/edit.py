@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 from pipeline.cache import file_digest
 from pipeline.job import Job
 from pipeline.stages import StageCall, StageRun
-from pipeline.stages.dub import SAMPLE_RATE, read_audio, write_audio
+from pipeline.stages.dub import SAMPLE_RATE, read_wav, write_audio
 from pipeline.subtitles import events, write_ass, write_srt
 
 VERSION = 1
@@ -52,7 +53,10 @@ class EditStage:
         dub_langs = list(shots[0]["audio"]) if shots else []
         subs = self.write_subtitles(shots, run.workdir)
         tracks = {lang: self.join_audio(shots, lang, run.workdir) for lang in dub_langs}
-        loud = {lang: measure_loudness(path, e.loudness_lufs, e.true_peak_db) for lang, path in tracks.items()}
+        with ThreadPoolExecutor(max_workers=max(1, len(tracks))) as pool:  # ffmpeg passes, one per track
+            futures = {lang: pool.submit(measure_loudness, path, e.loudness_lufs, e.true_peak_db)
+                       for lang, path in tracks.items()}
+            loud = {lang: f.result() for lang, f in futures.items()}
         out = run.workdir / "episode.mp4"
         content_id = call.inputs.get("content_id") or f"{self.job.drama}/{self.job.episode}"
         graph = build_graph(self.job, [s["clip"] for s in shots], tracks, loud, subs, out, content_id)
@@ -74,7 +78,7 @@ class EditStage:
         return subs
 
     def join_audio(self, shots: list[dict], lang: str, workdir: Path) -> str:
-        track = np.concatenate([read_audio(Path(s["audio"][lang])) for s in shots])
+        track = np.concatenate([read_wav(Path(s["audio"][lang])) for s in shots])
         path = workdir / f"episode.{lang}.wav"
         write_audio(path, track)
         return str(path)
