@@ -20,6 +20,7 @@ err = Console(stderr=True)
 SUBAPPS = {
     "ledger": ("pipeline.metering.ledger_cli:app", "Tamper-evident ledger: verify, prove, checkpoint."),
     "claims": ("pipeline.finance.claims_cli:app", "Subsidy claims: evaluate, build, packet."),
+    "mlflow": ("pipeline.metering.mlflow_cli:app", "Runs queued while MLflow was unreachable: pending, flush."),
 }
 
 
@@ -27,6 +28,7 @@ SUBAPPS = {
 COMMANDS = {
     "report": "pipeline.finance.report_cli:report",
     "estimate": "pipeline.finance.report_cli:estimate",
+    "submit": "pipeline.submit:submit",
 }
 
 
