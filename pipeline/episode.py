@@ -2,7 +2,14 @@
 the published outputs and the MLflow runs — in that order, so that what looks finished is finished."""
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -11,6 +18,12 @@ from pipeline.job import Job
 from pipeline.metering.mlflow_sink import DEFAULT_URI
 from pipeline.runner import ensure_ray, publish, run_episode
 from pipeline.orchestrate import new_run_id
+
+log = logging.getLogger(__name__)
+MLFLOW_LOCK = threading.Lock()  # episodes run from threads of one driver log to MLflow one at a time
+_WRITERS: dict[tuple[str, str], "_Writer"] = {}  # (ledger url, Ray job) -> its writer actor
+_WRITERS_LOCK = threading.Lock()
+LINGER_S = 60.0  # an idle writer is kept this long for the next episode on the same ledger
 
 
 def absolute_sqlite(url: str) -> str:
@@ -29,27 +42,113 @@ def tracking_uri_of(uri: str | None) -> str:
     return absolute_sqlite(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
 
 
+def ledger_writer_name(url: str) -> str:
+    """The Ray actor name of the writer for `url`, the same in every process (str hash() is salted per
+    process), so every driver of a cluster finds the one writer of a ledger."""
+    return f"microdrama-ledger-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+
+
 def run_job(job: Job, *, quiet: bool = False, address: str | None = None, tracking_uri: str | None = None,
             ledger_url: str | None = None, run_id: str | None = None) -> dict[str, Any]:
-    """Run, checkpoint, publish, log; returns the manifest."""
-    from pipeline.metering.ledger import Ledger
+    """Run, checkpoint, publish, log; returns the manifest. Safe to call from several threads at once."""
+    ensure_ray(address)
+    guard_secrets(job)
+    url = resolve_ledger_url(ledger_url)
+    with shared_writer(url) as writer:
+        return _run(job, writer, url, quiet=quiet, address=address, tracking_uri=tracking_uri, run_id=run_id)
+
+
+@dataclass
+class _Writer:
+    handle: Any
+    created: bool  # started by this driver (else found by name: someone else's, e.g. a batch's detached one)
+    users: int = 0
+    last_used: float = 0.0
+
+
+@contextmanager
+def shared_writer(url: str) -> Iterator[Any]:
+    """The ledger's writer actor, shared by every episode this driver runs, at once or one after another.
+
+    Ray ends a non-detached actor as soon as its creator's handle is dropped (handles found by name do
+    not count), while another thread may still use it, or the next run may find it by name while it is
+    dying. So the handle is kept here while episodes use it and for LINGER_S after; a writer this driver
+    started is then ended deliberately, and its name is free before anyone can look it up again."""
+    import ray
+
+    key = (url, ray.get_runtime_context().get_job_id())
+    with _WRITERS_LOCK:
+        _drop_idle(keep=key)
+        writer = _WRITERS.get(key)
+        if writer is None:
+            writer = _WRITERS[key] = _new_writer(url)
+        writer.users += 1
+    try:
+        yield writer.handle
+    finally:
+        with _WRITERS_LOCK:
+            writer.users -= 1
+            writer.last_used = time.monotonic()
+
+
+def _new_writer(url: str) -> _Writer:
+    import ray
+
     from pipeline.metering.ledger_actor import get_or_create_writer
 
-    ensure_ray(address)
-    url = resolve_ledger_url(ledger_url)
-    writer = get_or_create_writer(url, name=f"microdrama-ledger-{abs(hash(url)) % 10**8}")
+    name = ledger_writer_name(url)
+    try:
+        ray.get_actor(name)
+        existed = True
+    except ValueError:
+        existed = False
+    return _Writer(get_or_create_writer(url, name=name), created=not existed)
+
+
+def _drop_idle(keep: tuple[str, str]) -> None:
+    """Forget writers idle for LINGER_S (called with _WRITERS_LOCK held); end those this driver started."""
+    import ray
+
+    now = time.monotonic()
+    for key, writer in list(_WRITERS.items()):
+        if key == keep or writer.users or now - writer.last_used < LINGER_S:
+            continue
+        del _WRITERS[key]
+        if not writer.created:
+            continue
+        name = ledger_writer_name(key[0])
+        try:
+            ray.kill(writer.handle)
+            deadline = now + 10.0
+            while time.monotonic() < deadline:
+                ray.get_actor(name)  # raises ValueError once the name is free
+                time.sleep(0.05)
+        except Exception:  # gone already, or a Ray session that has ended
+            pass
+
+
+def _run(job: Job, writer: Any, url: str, *, quiet: bool, address: str | None, tracking_uri: str | None,
+         run_id: str | None) -> dict[str, Any]:
+    from pipeline.metering.ledger import Ledger
+
     run_id = run_id or new_run_id(job)
     import ray
 
+    close_attempts(url, writer, job, run_id, orphans=True)
     guard = None
     if job.budget.max_cny is not None:
         from pipeline.finance.estimate import BudgetGuard
 
-        guard = BudgetGuard(job, run_id, url, tracking_uri_of(tracking_uri))
+        with MLFLOW_LOCK:
+            guard = BudgetGuard(job, run_id, url, tracking_uri_of(tracking_uri))
     try:
         manifest, edit = run_episode(job, quiet=quiet, address=address, sink=writer, run_id=run_id,
-                                     before_stage=guard)
-    finally:
+                                     before_stage=guard, ledger_url=url)
+    finally:  # attempts that died without a record are billed, then the signed checkpoint covers them
+        try:
+            close_attempts(url, writer, job, run_id)
+        except Exception as exc:  # never hide the run's own error; the next run of the episode retries this
+            log.warning("could not close the dead attempts of run %s: %s", run_id, exc)
         checkpoint = ray.get(writer.checkpoint.remote()).to_dict()
     ledger = Ledger.open(url)
     usage = [e.body for e in ledger.entries(kind="usage", where={"job": run_id})]
@@ -63,9 +162,34 @@ def run_job(job: Job, *, quiet: bool = False, address: str | None = None, tracki
     out = publish(job, edit, manifest)
     from pipeline.metering.mlflow_queue import log_or_queue
 
-    manifest["mlflow"] = log_or_queue(tracking_uri=tracking_uri_of(tracking_uri), job=job, manifest=manifest,
-                                      usage=usage, costs=costs, out_dir=out, checkpoint=checkpoint)
+    with MLFLOW_LOCK:  # MLflow's tracking URI and active experiment are process-wide
+        manifest["mlflow"] = log_or_queue(tracking_uri=tracking_uri_of(tracking_uri), job=job, manifest=manifest,
+                                          usage=usage, costs=costs, out_dir=out, checkpoint=checkpoint)
     return manifest
+
+
+def guard_secrets(job: Job) -> None:
+    """Mask, in this driver's logs and error texts, every key the job's backend options point at."""
+    from pipeline import secrets
+
+    secrets.install_log_redaction()
+    for section in ("script", "storyboard", "video", "tts", "translate"):
+        secrets.register_from_options(getattr(job.stages, section).options)
+
+
+def close_attempts(url: str, writer: Any, job: Job, run_id: str, orphans: bool = False) -> int:
+    """Bill attempts that started but whose process died before writing their usage record: this run's
+    (after it ends), or with `orphans` those of earlier runs of this episode whose driver is gone."""
+    from pipeline.metering import attempts
+    from pipeline.metering.ledger import Ledger
+
+    with Ledger.open(url) as ledger:
+        if orphans:
+            return attempts.close_orphans(ledger, writer, drama=job.drama, episode=job.episode,
+                                          current_run=run_id)
+        return attempts.close_run(ledger, writer, run_id,
+                                  why="the run ended before the attempt reported: its worker died or was "
+                                      "cancelled when the run failed")
 
 
 def _public_url(url: str) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -12,10 +13,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import JobError
+from pipeline.secrets import literal_secret_problems
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 LANGS = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
+MAX_JOB_BYTES = 256 * 1024  # a job or profile file; real ones are < 2 KB
+MAX_JOB_VALUES = 20_000  # values in a job after YAML aliases are expanded (an alias bomb stops here)
+MAX_JOB_DEPTH = 32
 
 
 class _Frozen(BaseModel):
@@ -52,7 +57,7 @@ class VideoSettings(BackendSettings):
 
 class TTSSettings(BackendSettings):
     backend: str = "espeak-ng"
-    voices: dict[str, dict[str, str]] = Field(default_factory=dict)  # character -> voice hints
+    voices: dict[str, dict[str, str | int | float]] = Field(default_factory=dict)  # character -> hints
 
 
 class TranslateSettings(BackendSettings):
@@ -104,9 +109,12 @@ class Budget(_Frozen):
         if isinstance(v, float):
             raise ValueError("write money as a string, e.g. \"50.00\" (floats are inexact)")
         try:
-            return None if v is None else Decimal(str(v))
+            amount = None if v is None else Decimal(str(v))
         except InvalidOperation as exc:
             raise ValueError(f"not a decimal amount: {v!r}") from exc
+        if amount is not None and (not amount.is_finite() or amount < 0):
+            raise ValueError("must be a finite amount >= 0, e.g. \"50.00\"")
+        return amount
 
 
 class Profile(_Frozen):
@@ -120,14 +128,14 @@ class Job(_Frozen):
 
     drama: str
     episode: str
-    title: str = ""
-    company: str = ""
-    languages: list[str] = Field(default_factory=lambda: ["zh"], min_length=1)
+    title: str = Field("", max_length=200)
+    company: str = Field("", max_length=200)
+    languages: list[str] = Field(default_factory=lambda: ["zh"], min_length=1, max_length=16)
     profile: str = "preview-cpu"
     screenplay: Path
     output_dir: Path = Path("out")
     cache_dir: Path = Path(".cache/microdrama")
-    seed: int = 1234
+    seed: int = Field(1234, ge=0, le=2**63 - 1)
     budget: Budget = Budget()
     stages: Stages = Stages()
     job_dir: Path = Path(".")  # folder of the job file; relative paths resolve against it
@@ -137,6 +145,13 @@ class Job(_Frozen):
     def _slug(cls, v: str) -> str:
         if not SLUG.match(v):
             raise ValueError(f"{v!r} must be a slug: lowercase letters, digits, '-', '_' or '.'")
+        return v
+
+    @field_validator("screenplay", "output_dir", "cache_dir")
+    @classmethod
+    def _path(cls, v: Path) -> Path:
+        if "\x00" in str(v) or len(str(v)) > 1024:
+            raise ValueError("must be a path without NUL characters, at most 1024 characters long")
         return v
 
     @field_validator("languages")
@@ -165,6 +180,9 @@ class Job(_Frozen):
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise JobError(f"{what}: file not found: {path}")
+    if path.stat().st_size > MAX_JOB_BYTES:
+        raise JobError(f"{path}: {path.stat().st_size:,} bytes is more than a {what} file can be "
+                       f"({MAX_JOB_BYTES:,}); keep the screenplay in its own file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -173,9 +191,32 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
         raise JobError(f"{path}:{where}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
     except UnicodeDecodeError:
         raise JobError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise JobError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except RecursionError:
+        raise JobError(f"{path}: nested too deeply") from None
     if not isinstance(data, dict):
         raise JobError(f"{path}: expected a mapping of job fields at the top level")
+    _check_bounded(data, path)
     return data
+
+
+def _check_bounded(data: Any, path: Path) -> None:
+    """Refuse documents that are huge once YAML aliases are expanded, deeply nested, or keyed by non-text."""
+    count, stack = 0, [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_JOB_VALUES or depth > MAX_JOB_DEPTH:
+            raise JobError(f"{path}: more than {MAX_JOB_VALUES:,} values or {MAX_JOB_DEPTH} levels once YAML "
+                           "aliases are expanded; a job is a few dozen settings")
+        if isinstance(node, dict):
+            bad = [k for k in node if not isinstance(k, (str, int, float, bool)) and k is not None]
+            if bad:
+                raise JobError(f"{path}: key {bad[0]!r} is not text; write keys as plain names")
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -199,8 +240,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def load_profile(name: str) -> Profile:
-    path = Path(name) if name.endswith((".yaml", ".yml")) else CONFIGS / "profiles" / f"{name}.yaml"
+def load_profile(name: str, job_dir: Path | None = None) -> Profile:
+    """A shipped profile by name, or a profile file (`*.yaml`) beside the job — never outside its folder."""
+    if name.endswith((".yaml", ".yml")):
+        base = job_dir or Path.cwd()
+        path, err = resolve_in(base, Path(name), "profile")
+        if err:
+            raise JobError(err)
+    elif SLUG.match(name):
+        path = CONFIGS / "profiles" / f"{name}.yaml"
+    else:
+        raise JobError(f"profile: {name!r} is neither a profile name nor a .yaml file beside the job")
     if not path.is_file():
         known = sorted(p.stem for p in (CONFIGS / "profiles").glob("*.yaml"))
         raise JobError(f"profile: unknown profile {name!r}; choose one of: {', '.join(known)}")
@@ -230,17 +280,25 @@ def _format_errors(exc: ValidationError, prefix: str = "") -> list[str]:
         elif err["type"] == "missing":
             msg = "required field is missing"
         got = err.get("input")
-        tail = f", got {got!r}" if err["type"] not in ("missing", "extra_forbidden") and not isinstance(
+        tail = f", got {_short(got)}" if err["type"] not in ("missing", "extra_forbidden") and not isinstance(
             got, dict) and got is not None else ""
         problems.append(f"{prefix}{loc}: {msg}{tail}")
     return problems
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 def load_job(path: str | Path, overrides: list[str] | None = None) -> Job:
     """Load, merge with its profile, apply overrides and validate a job; raises JobError with every problem."""
     path = Path(path)
     data = apply_overrides(_read_yaml(path, "job"), overrides or [])
-    profile = load_profile(str(data.get("profile", "preview-cpu")))
+    _check_bounded(data, path)
+    profile = load_profile(str(data.get("profile", "preview-cpu")), path.resolve().parent)
+    if not isinstance(data.get("stages") or {}, dict):
+        raise JobError(f"stages: expected a mapping of stage settings, got {type(data['stages']).__name__}")
     stages = _merge(profile.stages, data.get("stages") or {})
     data = {**data, "stages": stages, "job_dir": str(path.resolve().parent)}
     try:
@@ -261,6 +319,41 @@ def resolve_in(base: Path, rel: Path, field: str) -> tuple[Path | None, str | No
     return full, None
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # name too long, unreadable folder
+        return False
+
+
+def _writable(path: Path, field: str) -> str | None:
+    """None when `path` is a writable folder or can be made one; else what is wrong and how to fix it."""
+    try:
+        probe = path.resolve()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            return f"{field}: {probe} is a file, not a folder; point {field} at a folder"
+        if not os.access(probe, os.W_OK | os.X_OK):
+            return (f"{field}: cannot write to {probe} (permission denied or read-only filesystem); "
+                    f"point {field} at a writable folder")
+    except (OSError, RuntimeError) as exc:  # symlink loop, name too long
+        return f"{field}: {path}: {exc}"
+    return None
+
+
+def _folder_problems(job: Job) -> list[str]:
+    """Output and cache folders must be writable, and out/<drama>/<episode> must stay inside output_dir."""
+    problems = [p for p in (_writable(job.output_dir, "output_dir"), _writable(job.cache_dir, "cache_dir")) if p]
+    try:
+        final, root = job.out_path.resolve(), job.output_dir.resolve()
+    except (OSError, RuntimeError) as exc:
+        return problems + [f"output_dir: {job.out_path}: {exc}"]
+    if root not in final.parents:
+        problems.append(f"output_dir: {job.out_path} resolves to {final}, outside {root} (a symlink); remove it")
+    return problems
+
+
 def validate(job: Job) -> list[str]:
     """Cross-field and filesystem checks, collecting every problem (STYLE item 4)."""
     from models.registry import BACKENDS
@@ -269,8 +362,11 @@ def validate(job: Job) -> list[str]:
     screenplay, err = resolve_in(job.job_dir, job.screenplay, "screenplay")
     if err:
         problems.append(err)
-    elif not screenplay.is_file():
+    elif not _is_file(screenplay):
         problems.append(f"screenplay: file not found: {screenplay}")
+    problems += _folder_problems(job)
+    for section in ("script", "storyboard", "video", "tts", "translate"):
+        problems += literal_secret_problems(getattr(job.stages, section).options, f"stages.{section}.options")
     for stage in ("storyboard", "video"):
         s = getattr(job.stages, stage)
         if abs(s.width / s.height - 9 / 16) > 0.03 * 9 / 16:

@@ -4,13 +4,16 @@ Shots fan out as Ray tasks that chain through ObjectRefs, so storyboards, dubbin
 shots run in parallel. Stages whose backend holds model weights (`resident = True`) run inside
 `StageWorker` actors that load the model once and serve many shots; GPU stages ask Ray for `num_gpus`.
 Every stage execution (cache hit, success, failure, each retry) yields one usage record, sent to the
-sink (the ledger writer) from the worker before the result is returned.
+sink (the ledger writer) from the worker before the result is returned. Before any work an attempt
+appends a start entry, so an attempt whose worker is killed is still billed once (metering/attempts.py).
 """
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import os
+import shutil
 import socket
 import traceback
 import uuid
@@ -21,9 +24,11 @@ from typing import Any, Callable
 
 import ray
 
-from models.registry import resolve
+from models.registry import BACKENDS, register, resolve
+from pipeline import secrets
 from pipeline.cache import Cache, digest, file_digest
 from pipeline.job import Job
+from pipeline.metering import attempts as attempt_log
 from pipeline.metering.meter import Meter
 from pipeline.metering.usage import UsageRecord
 from pipeline.stages import StageCall, StageRun
@@ -54,6 +59,9 @@ class RunInfo:
     job: Job
     cache_root: str
     sink: Any = None  # a LedgerWriter actor handle, or None
+    ledger_url: str | None = None  # where a Ray retry looks up the attempts its dead worker started
+    backends: dict[str, dict[str, str]] = field(default_factory=dict)  # the driver's registry (plugins)
+    driver: dict[str, Any] = field(default_factory=dict)  # host/pid of the driver (orphaned attempts)
 
 
 @dataclass
@@ -64,6 +72,7 @@ class StageFailed(Exception):
     shot: str | None
     message: str
     record: dict = field(default_factory=dict)
+    errno: int | None = None  # of an OSError (ENOSPC: the disk is full)
 
     def __str__(self) -> str:
         where = f"{self.stage}[{self.shot}]" if self.shot else self.stage
@@ -103,16 +112,21 @@ def code_version(cls: type) -> str:
 
 def execute(info: RunInfo, stage_name: str, call: StageCall, attempt: int = 1,
             backend: Any = None) -> dict[str, Any]:
-    """Run one stage execution through the cache and the meter; always emits exactly one usage record."""
+    """Run one stage execution through the cache and the meter; always emits exactly one usage record,
+    preceded by the attempt's start entry (durable before any work, so a killed worker is billed too)."""
     stage = STAGES[stage_name][0](info.job)
     settings = backend_settings(info.job, stage_name)
+    secrets.install_log_redaction()
+    if settings is not None:
+        secrets.register_from_options(settings.options)
     cache = Cache(info.cache_root)
     key = digest(code_version(type(stage)), *stage.cache_key_parts(call))
     meter = Meter(job=info.run_id, drama=info.job.drama, episode=info.job.episode, stage=stage_name,
                   shot=call.shot_id, backend=settings.backend if settings else "ffmpeg", attempt=attempt,
                   gpus=float(settings.num_gpus) if settings else 0.0,
                   cpus=float(settings.num_cpus) if settings else 1.0)
-    outputs, error = None, None
+    begin_attempt(info, meter)
+    outputs, error, staging = None, None, None
     try:
         with meter as m:
             outputs = cache.get(key)
@@ -122,16 +136,51 @@ def execute(info: RunInfo, stage_name: str, call: StageCall, attempt: int = 1,
                 staging = cache.staging()
                 backend = backend if backend is not None else make_backend(info.job, stage_name)
                 run = StageRun(workdir=staging, backend=backend, report_usage=m.add_ai_usage)
-                outputs = cache.commit(key, staging, stage.run(call, run))
+                outputs = cache.commit(key, staging, secrets.redact_obj(stage.run(call, run)))
     except Exception as exc:  # metered below, then re-raised as a StageFailed the driver understands
         error = exc
+        if staging is not None:  # a half-written build never lingers (nor keeps a full disk full)
+            shutil.rmtree(staging, ignore_errors=True)
     record = meter.record
+    if record.error is not None:
+        record = record.model_copy(update={"error": secrets.redact(record.error)})
     emit(info, record)
     if error is not None:
-        raise StageFailed(stage_name, call.shot_id, f"{type(error).__name__}: {error}",
-                          record.model_dump(mode="json")) from error
+        message = describe_error(error, staging or info.cache_root)
+        failed = StageFailed(stage_name, call.shot_id, message, record.model_dump(mode="json"),
+                             error.errno if isinstance(error, OSError) else None)
+        if secrets.redact(str(error)) != str(error):
+            raise failed from None  # the original text holds a secret: keep it out of chained tracebacks
+        raise failed from error
     return {"outputs": outputs, "record": record.model_dump(mode="json"), "key": key,
             "cache_hit": record.cache_hit}
+
+
+def describe_error(error: BaseException, where: str | Path) -> str:
+    """The failure text for users and the ledger: secrets masked; a full disk says where and what to do."""
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        text = (f"no space left on device writing {error.filename or where} ({text}); free space there or "
+                "point cache_dir/output_dir at a bigger disk: finished stages are cached and a re-run resumes")
+    return secrets.redact(text)
+
+
+def begin_attempt(info: RunInfo, meter: Meter) -> None:
+    """Append the attempt's start entry before any work (see pipeline/metering/attempts.py)."""
+    if info.sink is None:
+        return
+    ids = meter.ids
+    body = attempt_log.start_body(job=ids["job"], drama=ids["drama"], episode=ids["episode"], stage=ids["stage"],
+                                  shot=ids["shot"], backend=ids["backend"], attempt=ids["attempt"],
+                                  gpus=meter.gpus, cpus=meter.cpus, driver=info.driver)
+    append(info.sink, [(attempt_log.KIND, body, attempt_log.start_key(body["usage_key"]))])
+
+
+def append(sink: Any, items: list[tuple[str, dict, str]]) -> list[Any]:
+    """Append through the ledger writer actor (blocking) or straight to a Ledger."""
+    if hasattr(sink.append_many, "remote"):
+        return ray.get(sink.append_many.remote(items))
+    return sink.append_many(items)
 
 
 def emit(info: RunInfo, record: UsageRecord) -> None:
@@ -142,10 +191,24 @@ def emit(info: RunInfo, record: UsageRecord) -> None:
         emit_record(info.sink, info.job, record)
 
 
+def registry_snapshot() -> dict[str, dict[str, str]]:
+    """The driver's backend registry, so backends registered there (plugins, test backends) resolve in
+    workers too. Names map to import targets fixed in code, never taken from a job file."""
+    return {stage: dict(table) for stage, table in BACKENDS.items()}
+
+
+def register_backends(snapshot: dict[str, dict[str, str]] | None) -> None:
+    for stage, table in (snapshot or {}).items():
+        for name, target in table.items():
+            if name not in BACKENDS.get(stage, {}):
+                register(stage, name, target)
+
+
 @ray.remote
 def stage_task(info: RunInfo, stage_name: str, call: StageCall, names: tuple[str, ...],
                *upstream) -> dict:
     """A Ray task for one stage execution; upstream results arrive resolved as positional args."""
+    register_backends(info.backends)
     return execute_with_retries(info, stage_name, _bind(call, names, upstream))
 
 
@@ -153,31 +216,58 @@ def stage_task(info: RunInfo, stage_name: str, call: StageCall, names: tuple[str
 class StageWorker:
     """Keeps one backend's model resident and serves many stage executions."""
 
-    def __init__(self, job: Job, stage_name: str):
+    def __init__(self, job: Job, stage_name: str, backends: dict[str, dict[str, str]] | None = None):
+        register_backends(backends)
         self.job, self.stage_name = job, stage_name
         self.backend = make_backend(job, stage_name)
-        self.loads = 1
+        self.executions = 0
 
     def load_count(self) -> int:
-        return self.loads
+        """How many times this actor loaded its model: the backend's own counter (lazy loaders count
+        each load); a backend without one loaded at construction, once."""
+        return int(getattr(self.backend, "loads", 1))
+
+    def stats(self) -> dict[str, int]:
+        return {"pid": os.getpid(), "executions": self.executions, "loads": self.load_count()}
 
     def execute(self, info: RunInfo, call: StageCall, names: tuple[str, ...], *upstream) -> dict:
+        self.executions += 1
         return execute_with_retries(info, self.stage_name, _bind(call, names, upstream), self.backend)
 
 
 def execute_with_retries(info: RunInfo, stage_name: str, call: StageCall, backend: Any = None) -> dict:
-    """Attempts 1..1+max_retries; each attempt is metered once (its own idempotency key)."""
+    """Attempts 1..1+max_retries; each attempt is metered once (its own idempotency key). When Ray re-runs
+    the task because its worker died, the dead worker's attempts are closed first and numbering goes on
+    after them (attempts 1, 2 died → this run's attempts are 3, 4, …)."""
     settings = backend_settings(info.job, stage_name)
     attempts = 1 + (settings.max_retries if settings else 1)
-    for attempt in range(1, attempts + 1):
+    first = 1 + previous_attempts(info, stage_name, call.shot_id, attempts)
+    for attempt in range(first, first + attempts):
         try:
             result = execute(info, stage_name, call, attempt, backend)
             result["attempts"] = attempt
             return result
         except StageFailed:
-            if attempt == attempts:
+            if attempt == first + attempts - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def previous_attempts(info: RunInfo, stage_name: str, shot: str | None, per_run: int) -> int:
+    """0 on a task's first run; on a Ray retry, the highest attempt number its dead predecessors used."""
+    number, _ = attempt_log.ray_attempt()
+    if number == 0:
+        return 0
+    if info.sink is None or info.ledger_url is None:  # no ledger to ask: still never reuse a key
+        return number * per_run
+    from pipeline.metering.ledger import Ledger
+
+    try:
+        ledger = Ledger.open(info.ledger_url, create=False)
+    except (OSError, ValueError, ImportError):  # a node without the ledger's file: the driver closes them
+        return number * per_run
+    with ledger:
+        return attempt_log.close_before_retry(ledger, info.sink, job=info.run_id, stage=stage_name, shot=shot)
 
 
 def _bind(call: StageCall, names: tuple[str, ...], upstream: tuple) -> StageCall:
@@ -198,7 +288,10 @@ def node_name() -> str:
 
 
 def format_failure(exc: BaseException) -> str:
+    """One line for the user: which stage failed and why (secrets masked, a full disk named)."""
     cause = getattr(exc, "cause", None) or exc
     if isinstance(cause, StageFailed):
-        return str(cause)
-    return "".join(traceback.format_exception_only(type(cause), cause)).strip()
+        return secrets.redact(str(cause))
+    if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+        return describe_error(cause, cause.filename or "the output or cache folder")
+    return secrets.redact("".join(traceback.format_exception_only(type(cause), cause)).strip())

@@ -12,15 +12,18 @@ from typing import Any
 
 import ray
 
+from pipeline.errors import UserError
 from pipeline.job import Job
+from pipeline.metering.attempts import driver_identity
 from pipeline.orchestrate import (RunInfo, StageWorker, is_resident, new_run_id, stage_task,
-                                  backend_settings)
+                                  backend_settings, registry_snapshot)
 from pipeline.progress import Progress
 from pipeline.stages import StageCall
 from pipeline.stages.script import load_script
 from pipeline.stages.storyboard import shot_seed
 
 SHOT_STAGES = ("storyboard", "dub", "video")
+SETTLE_S = float(os.environ.get("MICRODRAMA_SETTLE_S", "600"))  # after a failure, wait this long for siblings
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -43,6 +46,8 @@ class Submitter:
     info: RunInfo
     workers: dict[str, list[Any]] = field(default_factory=dict)
     turn: dict[str, int] = field(default_factory=dict)
+    actor_stats: dict[str, list[dict[str, int]]] = field(default_factory=dict)
+    submitted: list[ray.ObjectRef] = field(default_factory=list)
 
     def submit(self, stage: str, call: StageCall, **upstream: Any) -> ray.ObjectRef:
         names, refs = tuple(upstream), tuple(upstream.values())
@@ -51,18 +56,45 @@ class Submitter:
             pool = self._pool(stage, settings)
             i = self.turn.get(stage, 0)
             self.turn[stage] = i + 1
-            return pool[i % len(pool)].execute.remote(self.info, call, names, *refs)
+            return self._track(pool[i % len(pool)].execute.remote(self.info, call, names, *refs))
         opts: dict[str, Any] = {"num_cpus": settings.num_cpus if settings else 1, "max_retries": 2,
                                 "retry_exceptions": False}
-        return stage_task.options(**opts).remote(self.info, stage, call, names, *refs)
+        return self._track(stage_task.options(**opts).remote(self.info, stage, call, names, *refs))
+
+    def _track(self, ref: ray.ObjectRef) -> ray.ObjectRef:
+        self.submitted.append(ref)
+        return ref
+
+    def settle(self, timeout_s: float = SETTLE_S) -> None:
+        """After a failure: let executions already under way finish, so their usage records land and their
+        outputs are cached for the re-run (executions waiting on the failed one fail at once, unrun);
+        plain tasks still running after `timeout_s` are cancelled (their attempts are closed as dead)."""
+        if not self.submitted:
+            return
+        _, left = ray.wait(self.submitted, num_returns=len(self.submitted), timeout=timeout_s)
+        for ref in left:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # actor tasks cannot be force-cancelled: close() kills their actors
+                pass
 
     def _pool(self, stage: str, settings: Any) -> list[Any]:
         if stage not in self.workers:
             self.workers[stage] = [
                 StageWorker.options(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
-                                    max_restarts=2, max_task_retries=2).remote(self.info.job, stage)
+                                    max_restarts=2, max_task_retries=2).remote(self.info.job, stage,
+                                                                               self.info.backends)
                 for _ in range(settings.actors)]
         return self.workers[stage]
+
+    def release(self, stage: str) -> None:
+        """Free a finished stage's resident models (and the CPUs/GPUs they hold) for the next stage,
+        keeping each actor's model-load and execution counts for the manifest."""
+        pool = self.workers.pop(stage, [])
+        if pool:
+            self.actor_stats[stage] = ray.get([actor.stats.remote() for actor in pool])
+        for actor in pool:
+            ray.kill(actor)
 
     def close(self) -> None:
         for pool in self.workers.values():
@@ -72,14 +104,17 @@ class Submitter:
 
 
 def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, sink: Any = None,
-                run_id: str | None = None, before_stage: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                run_id: str | None = None, before_stage: Any = None,
+                ledger_url: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the whole episode on Ray; returns (manifest, edit outputs). Publishing is the caller's.
 
-    `before_stage(stage, executions)` is called before each stage is submitted (the budget guard)."""
+    `before_stage(stage, executions)` is called before each stage is submitted (the budget guard).
+    `ledger_url` (of the ledger behind `sink`) lets a Ray retry find the attempts its dead worker started."""
     ensure_ray(address)
     info = RunInfo(run_id=run_id or new_run_id(job), job=job,
                    cache_root=str((Path.cwd() / job.cache_dir).resolve()
-                                  if not job.cache_dir.is_absolute() else job.cache_dir), sink=sink)
+                                  if not job.cache_dir.is_absolute() else job.cache_dir), sink=sink,
+                   ledger_url=ledger_url, backends=registry_snapshot(), driver=driver_identity())
     sub = Submitter(info)
     progress = Progress(quiet=quiet, title=f"{job.drama}/{job.episode}")
     results: dict[str, Any] = {}
@@ -91,6 +126,7 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
             guard("translate", 1)
             results["translate"] = progress.wait("translate", [sub.submit(
                 "translate", StageCall(None), script=ray.put(results["script"]))])[0]
+            sub.release("translate")
             script = load_script(results["translate"]["outputs"])
             shots = script.shots
             per_shot = {}
@@ -106,6 +142,7 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
                 done = progress.wait(stage, [per_shot[s.id][stage] for s in shots])
                 for shot, res in zip(shots, done):
                     per_shot[shot.id][stage] = res
+                sub.release(stage)  # e.g. the storyboard model's CPU/GPU goes to the video model
             edit_input = [{"id": s.id, "clip": per_shot[s.id]["video"]["outputs"]["clip"],
                            "audio": per_shot[s.id]["dub"]["outputs"]["audio"],
                            "lines": per_shot[s.id]["dub"]["outputs"]["lines"],
@@ -114,9 +151,14 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
             guard("edit", 1)
             results["edit"] = progress.wait("edit", [sub.submit(
                 "edit", StageCall(None, {"shots": edit_input, "content_id": content_id}))])[0]
+    except Exception:  # a stage failed (not Ctrl-C): let siblings under way finish and be metered first
+        sub.settle()
+        raise
     finally:
         sub.close()
-    return build_manifest(job, info, script, per_shot, results), results["edit"]["outputs"]
+    manifest = build_manifest(job, info, script, per_shot, results)
+    manifest["actors"] = sub.actor_stats  # resident models: one load per actor, many shots each
+    return manifest, results["edit"]["outputs"]
 
 
 def build_manifest(job: Job, info: RunInfo, script: Any, per_shot: dict, results: dict) -> dict[str, Any]:
@@ -157,6 +199,9 @@ def build_manifest(job: Job, info: RunInfo, script: Any, per_shot: dict, results
 def publish(job: Job, edit: dict[str, Any], manifest: dict[str, Any]) -> Path:
     """Copy outputs into a private folder, then swap it into place: a finished-looking folder is finished."""
     final = job.out_path.resolve()
+    root = job.output_dir.resolve()
+    if root not in final.parents:  # out/<drama> (or <episode>) is a symlink leading elsewhere
+        raise UserError(f"output_dir: {job.out_path} resolves to {final}, outside {root}; remove the symlink")
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
     staging.mkdir()

@@ -22,6 +22,8 @@ def log_or_queue(*, tracking_uri: str, job: Any, manifest: dict, usage: list[dic
 
     flush(tracking_uri)
     try:
+        if not reachable(tracking_uri):  # fail in seconds, not after MLflow's minutes of HTTP retries
+            raise ConnectionError(f"MLflow tracking server {_safe(tracking_uri)} does not answer")
         run_id = log_episode(tracking_uri=tracking_uri, job=job, manifest=manifest, usage=usage,
                              costs=costs, out_dir=out_dir, checkpoint=checkpoint)
         return {"status": "logged", "run_id": run_id, "tracking_uri": _safe(tracking_uri)}
@@ -60,6 +62,8 @@ def flush(tracking_uri: str | None = None) -> list[str]:
         uri = tracking_uri or payload["tracking_uri"]
         if uri != payload["tracking_uri"]:
             continue
+        if not reachable(uri):
+            break  # still down: keep the queue as it is
         job = Job.model_validate(payload["job"])
         try:
             run_id = log_episode(tracking_uri=uri, job=job, manifest=payload["manifest"], usage=payload["usage"],
@@ -70,6 +74,25 @@ def flush(tracking_uri: str | None = None) -> list[str]:
         path.unlink()
         logged.append(run_id)
     return logged
+
+
+def reachable(uri: str, timeout_s: float = 3.0) -> bool:
+    """Whether an http(s) tracking server accepts connections (other URIs, e.g. sqlite, count as reachable)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return True
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # not a port number
+        return False
+    try:
+        with socket.create_connection((parts.hostname or "localhost", port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def _safe(uri: str) -> str:

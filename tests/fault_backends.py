@@ -1,0 +1,113 @@
+"""Fault-injection backends for tests: a worker that kills itself, a full disk, a slow stage, a leaky key.
+
+Registered under the module name the driver imported, so Ray workers (which receive the driver's registry
+with the run, see orchestrate.registry_snapshot) import this same file. Markers are files: a backend
+"fails once" when its marker file is absent, creates it and fails; later attempts find it and work.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from models.registry import BackendResult, register
+from models.image.procedural import ProceduralStoryboard
+from models.video.camera import CameraMoveVideo
+
+log = logging.getLogger("microdrama.tests.leaky")
+
+
+def _first_time(marker: str) -> bool:
+    """True exactly once per marker file (O_EXCL: two racing workers cannot both win)."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+class KillOnceVideo(CameraMoveVideo):
+    """Camera-move video whose first call SIGKILLs its own worker process mid-stage."""
+
+    resident = False
+
+    def __init__(self, *, marker: str, **options: Any) -> None:
+        super().__init__(**options)
+        self.marker = marker
+
+    def render(self, shot, keyframe, out_path, **kwargs) -> BackendResult:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_path).write_bytes(b"half a clip")  # half-written output the retry must not trust
+        if _first_time(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().render(shot, keyframe, out_path, **kwargs)
+
+
+class KillOnceResidentVideo(KillOnceVideo):
+    """The same in a resident StageWorker actor (Ray restarts the actor and retries its task)."""
+
+    resident = True
+
+
+class NoSpaceVideo(CameraMoveVideo):
+    """A disk that fills up mid-stage: writes part of the clip, then ENOSPC."""
+
+    resident = False
+
+    def render(self, shot, keyframe, out_path, **kwargs) -> BackendResult:
+        Path(out_path).write_bytes(b"\0" * 4096)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_path))
+
+
+class SlowVideo(CameraMoveVideo):
+    """Camera-move video that takes `delay_s` longer (room for a test to kill the driver mid-episode)."""
+
+    resident = False
+
+    def __init__(self, *, delay_s: float = 2.0, **options: Any) -> None:
+        super().__init__(**options)
+        self.delay_s = float(delay_s)
+
+    def render(self, shot, keyframe, out_path, **kwargs) -> BackendResult:
+        time.sleep(self.delay_s)
+        return super().render(shot, keyframe, out_path, **kwargs)
+
+
+class LeakyStoryboard(ProceduralStoryboard):
+    """A careless API backend: logs its key, fails once with the key in the error, returns it in params."""
+
+    resident = False
+
+    def __init__(self, *, marker: str, api_key_env: str = "", secrets_file: str = "",
+                 api_key_name: str = "", **options: Any) -> None:
+        super().__init__(**options)
+        from pipeline import secrets
+
+        self.key = secrets.resolve({"api_key_env": api_key_env, "secrets_file": secrets_file,
+                                    "api_key_name": api_key_name}, field="stages.storyboard.options")
+        self.marker = marker
+
+    def render(self, shot, script, out_path, **kwargs) -> BackendResult:
+        log.warning("calling the image API with key %s", self.key)
+        if _first_time(self.marker):
+            try:
+                raise ConnectionError(f"401 Unauthorized for Bearer {self.key}")
+            except ConnectionError:
+                log.exception("request failed (key=%s)", self.key)
+                raise
+        result = super().render(shot, script, out_path, **kwargs)
+        return BackendResult(outputs=result.outputs, ai_usage=result.ai_usage,
+                             params={**result.params, "auth": f"Bearer {self.key}"})
+
+
+for _stage, _name, _cls in (("video", "test-kill-once", "KillOnceVideo"),
+                            ("video", "test-kill-once-resident", "KillOnceResidentVideo"),
+                            ("video", "test-no-space", "NoSpaceVideo"),
+                            ("video", "test-slow", "SlowVideo"),
+                            ("storyboard", "test-leaky", "LeakyStoryboard")):
+    register(_stage, _name, f"{__name__}:{_cls}")
