@@ -8,6 +8,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pipeline.finance.claims import evaluate
@@ -513,3 +515,67 @@ def test_a_broken_policy_directory_exits_2_naming_file_and_field(tmp_path):
     result = cli(tmp_path, GOOD, "--policies", str(policies))
     assert result.exit_code == 2
     assert "datong.yaml: programmes[0].rate.value: a rate is a fraction between 0 and 1" in result.stderr
+
+
+# ---------------------------------------------------------------- the stacking choice is exact at any size
+def test_stacking_choice_stays_exact_with_many_competing_dramas():
+    """Two big dramas each pay most alone under ip_conversion, but the 1,000,000 company cap makes the best
+    company-year b under ai_spend; a dozen small dramas that could go either way must not hide that."""
+    big = [drama("a", ip_conversion=True, costs={"compute": "1250000", "production": "2840000"}),
+           drama("b", ip_conversion=True, costs={"compute": "1400000", "production": "2120000"})]
+    small = [drama(f"s{i:02d}", ip_conversion=True, costs={"compute": "10", "production": "20"}) for i in range(11)]
+    result = yz(*big, *small, headcount=10)
+    assert paid(result, IP)["a"] == "852000.00" and paid(result, AI)["b"] == "420000.00"
+    # each small drama: ip 6.00 > ai 3.00, both caps have room: 11 x 6.00
+    assert result["total"] == "1272066.00"
+
+
+def _exhaustive(options, score, bound=None):
+    import itertools
+
+    names = list(options)
+    best, best_score = None, None
+    for combo in itertools.product(*(options[d] for d in names)):
+        choice = dict(zip(names, combo))
+        value = score(choice)
+        if best is None or value > best_score:
+            best, best_score = choice, value
+    from pipeline.finance.allocation import Search
+
+    return Search(best, proven=True, branches=0)
+
+
+amounts = st.integers(min_value=0, max_value=2_000_000)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(amounts, amounts, amounts, st.booleans(), st.booleans()), min_size=2, max_size=6),
+       st.integers(min_value=1, max_value=10))
+def test_branch_and_bound_finds_what_trying_every_choice_finds(works, headcount):
+    """The pruned search returns exactly the choice, amounts and trace of trying every combination."""
+    import pipeline.finance.claims as claims
+
+    data = {"year": 2026, "company": {"name": "测试影业", "districts": ["huairou", "yizhuang"],
+                                      "headcount": headcount},
+            "dramas": [drama(f"d{i}", launched=f"2026-0{1 + i % 9}-01", produced_in=["huairou"],
+                             ip_conversion=ip_conv, yizhuang_theme=theme,
+                             costs={"compute": str(compute), "ai_tools": str(tools),
+                                    "production": str(compute + tools + extra)})  # production includes both
+                       for i, (compute, tools, extra, ip_conv, theme) in enumerate(works)]}
+    fast = evaluate(parse_scenario(data), POLICIES).to_dict()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(claims, "best_choice", _exhaustive)
+        slow = evaluate(parse_scenario(data), POLICIES).to_dict()
+    assert fast == slow
+
+
+def test_a_search_out_of_budget_says_so_in_the_trace(monkeypatch):
+    import pipeline.finance.allocation as allocation
+
+    monkeypatch.setattr(allocation, "SEARCH_BUDGET", 3)
+    works = [drama(f"w{i}", ip_conversion=True, costs={"compute": str(900_000 + i), "production": str(3_000_000 - i)})
+             for i in range(6)]
+    result = yz(*works, headcount=10)
+    for pid in (AI, IP):
+        assert any("without proving it the best" in t and "[" in t for t in prog(result, pid)["trace"])
+    assert Decimal(result["total"]) == Decimal("2000000.00")  # both caps still filled by the local search

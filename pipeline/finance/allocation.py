@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from pipeline.money import ZERO
 
-EXHAUSTIVE_LIMIT = 4096  # stacking choices tried one by one up to this many; beyond, coordinate ascent
 
 
 @dataclass(frozen=True)
@@ -65,41 +63,76 @@ def allocate(candidates: Iterable[Candidate], limit: int | None) -> Allocation:
 
 
 Choice = dict[str, frozenset[str]]
+Bound = Callable[[Choice, dict[str, list[frozenset[str]]]], Decimal]
 
 
-def best_choice(options: dict[str, list[frozenset[str]]], score: Callable[[Choice], Decimal]) -> Choice:
+SEARCH_BUDGET = 200_000  # branches the exact search may open before it settles for a local optimum
+
+
+@dataclass(frozen=True)
+class Search:
+    """The stacking choice and how it was found."""
+
+    choice: Choice
+    proven: bool  # True: no other choice scores more; False: the budget ran out (best found, then improved)
+    branches: int
+
+
+def best_choice(options: dict[str, list[frozenset[str]]], score: Callable[[Choice], Decimal],
+                bound: Bound | None = None, budget: int | None = None) -> Search:
     """Pick one option per drama maximising `score`; options are listed best-alone first.
 
-    The first choice tried is every drama's best-alone option; another choice replaces it only when
-    it scores strictly more, so ties keep the per-drama best (and, among equals, the first listed).
+    Exact: a depth-first search over the dramas with more than one option, in scenario order, that skips
+    a branch only when `bound(partial, undecided)` — an upper limit on the score of every completion —
+    shows it cannot beat the best choice found so far. It therefore returns the same choice as trying
+    every combination: the first (in listing order) of those that score the most, so ties keep each
+    drama's best-alone option. Without `bound` every combination is tried. Should the search open more
+    than `budget` branches it stops, improves the best choice found one drama at a time, and says so
+    (`proven=False`), rather than run for hours on a company with hundreds of competing works.
     """
+    budget = SEARCH_BUDGET if budget is None else budget
     fixed = {d: opts[0] for d, opts in options.items() if len(opts) == 1}
     open_ = {d: opts for d, opts in options.items() if len(opts) > 1}
-    size = 1
-    for opts in open_.values():
-        size *= len(opts)
-    if size <= EXHAUSTIVE_LIMIT:
-        return _exhaustive(fixed, open_, score)
-    return _ascent(fixed, open_, score)
-
-
-def _exhaustive(fixed: Choice, open_: dict[str, list[frozenset[str]]],
-                score: Callable[[Choice], Decimal]) -> Choice:
-    best: Choice | None = None
-    best_score = ZERO
     names = list(open_)
-    for combo in itertools.product(*(open_[d] for d in names)):
-        choice = {**fixed, **dict(zip(names, combo))}
-        value = score(choice)
-        if best is None or value > best_score:
-            best, best_score = choice, value
-    return best if best is not None else dict(fixed)
+    best: list[Any] = [None, ZERO]  # choice, score
+    opened = [0]
+    # A local optimum's score prunes from the start; the search still returns the first best choice in
+    # listing order, as a choice scoring exactly this is kept only if none before it scores as much.
+    start = _ascent({**fixed, **{d: opts[0] for d, opts in open_.items()}}, open_, score)
+    floor = score(start)
+
+    class _OutOfBudget(Exception):
+        pass
+
+    def search(i: int, partial: Choice) -> None:
+        opened[0] += 1
+        if opened[0] > budget:
+            raise _OutOfBudget
+        if i == len(names):
+            value = score(partial)
+            if (best[0] is None and value >= floor) or (best[0] is not None and value > best[1]):
+                best[0], best[1] = dict(partial), value
+            return
+        if bound is not None:
+            limit = bound(partial, {d: open_[d] for d in names[i:]})
+            if (best[0] is None and limit < floor) or (best[0] is not None and limit <= best[1]):
+                return  # no completion of this branch scores more (or, before any, as much as the floor)
+        drama = names[i]
+        for option in open_[drama]:
+            partial[drama] = option
+            search(i + 1, partial)
+        del partial[drama]
+
+    try:
+        search(0, dict(fixed))
+    except _OutOfBudget:
+        found = best[0] if best[0] is not None and best[1] > floor else start
+        return Search(_ascent(found, open_, score), proven=False, branches=opened[0] - 1)
+    return Search(best[0] if best[0] is not None else dict(fixed), proven=True, branches=opened[0])
 
 
-def _ascent(fixed: Choice, open_: dict[str, list[frozenset[str]]],
-            score: Callable[[Choice], Decimal]) -> Choice:
-    """Change one drama's option at a time while the score strictly improves (too many to try all)."""
-    choice = {**fixed, **{d: opts[0] for d, opts in open_.items()}}
+def _ascent(choice: Choice, open_: dict[str, list[frozenset[str]]], score: Callable[[Choice], Decimal]) -> Choice:
+    """Change one drama's option at a time while the score strictly improves."""
     best_score = score(choice)
     improved = True
     while improved:

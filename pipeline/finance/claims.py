@@ -1,6 +1,7 @@
 """The claim engine: evaluate a company-year scenario against the policy data, with a cited trace per step."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -88,6 +89,40 @@ class _Run:
     def score(self, choice: Choice) -> Decimal:
         return sum((self.allocation(pid, _dramas_for(pid, choice)).total for pid in self.work), ZERO)
 
+    def bound(self, choice: Choice, undecided: dict[str, list[frozenset[str]]]) -> Decimal:
+        """At least the score of every way of deciding `undecided`.
+
+        A programme no undecided drama can still join pays exactly its allocation. Of the others, those
+        whose count limit or company-year cap cuts what the dramas that have or may join them ask are
+        bounded per programme (its `limit` largest asks, no more than the largest cap where every ask
+        counts under one); the rest per drama (the asks already chosen, plus for each undecided drama the
+        most one of its options asks from them), since a drama is paid under one option only."""
+        exact, cut, free_chosen = ZERO, ZERO, ZERO
+        free: set[str] = set()
+        for pid, work in self.work.items():
+            chosen = _dramas_for(pid, choice)
+            maybe = {d for d, opts in undecided.items() if any(pid in o for o in opts)}
+            if not maybe:
+                exact += self.allocation(pid, chosen).total
+                continue
+            asks = [work[d] for d in chosen | maybe if work[d].amount is not None]
+            prog = self.programmes[pid][1]
+            everything = sum((a.amount for a in asks), ZERO)
+            most = sum(sorted((a.amount for a in asks), reverse=True)[:prog.limit.count if prog.limit else None],
+                       ZERO)
+            caps = [a.company_cap for a in asks]
+            if caps and all(c is not None for c in caps):
+                most = min(most, max(caps))
+            if most < everything:
+                cut += most
+            else:
+                free.add(pid)
+                free_chosen += sum((work[d].amount for d in chosen if work[d].amount is not None), ZERO)
+        per_drama = sum((max(sum((self.work[p][d].amount for p in o if p in free
+                                  and self.work[p][d].amount is not None), ZERO) for o in opts)
+                         for d, opts in undecided.items()), ZERO)
+        return exact + cut + free_chosen + per_drama
+
 
 def _dramas_for(pid: str, choice: Choice) -> frozenset[str]:
     return frozenset(d for d, chosen in choice.items() if pid in chosen)
@@ -114,10 +149,13 @@ def evaluate(scenario: Scenario, policies: PolicySet | None = None) -> ClaimResu
                 _assess_programme(run, policy, prog)
     groups = [(p, g) for p in active if p.in_force(scenario.year) for g in p.stacking]
     options = {d.id: _options(run, d.id, groups) for d in scenario.dramas}
-    choice = best_choice(options, run.score)
+    search = best_choice(options, run.score, run.bound)
+    choice = search.choice
     results = {}
     for pid, (policy, prog) in run.programmes.items():
         results[pid] = _result(run, policy, prog, choice, groups)
+        if not search.proven:
+            results[pid] = _unproven(results[pid], search.branches, groups)
     return ClaimResult(scenario.year, scenario.company.name, results, scenario)
 
 
@@ -151,6 +189,19 @@ def _bundles_hit(group: StackingGroup, pids: Any) -> set[int]:
 
 def _conflicts(group: StackingGroup, pids: Any) -> bool:
     return len(_bundles_hit(group, pids)) > 1
+
+
+def _unproven(result: ProgrammeResult, branches: int, groups: list[tuple[Policy, StackingGroup]]) -> ProgrammeResult:
+    """Say in the trace of every programme a stacking rule touches that the choice is not proven the best."""
+    cites = [g.cite for _, g in groups if any(selects(s, result.id) for b in g.bundles for s in b)]
+    if not cites:
+        return result
+    text = (f"the choice of programme per work was searched over {branches:,} branches without proving it "
+            "the best (too many competing works); the amounts are what that choice pays and may be below "
+            "the most these rules allow")
+    policy = result.policy
+    step = Step(result.id, None, "stacking", text, cites[0].seed or (policy.seed if policy else ""), cites[0].clause)
+    return dataclasses.replace(result, steps=(*result.steps, step))
 
 
 def _header(run: _Run, policy: Policy, prog: Programme) -> list[Step]:
