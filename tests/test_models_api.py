@@ -145,3 +145,26 @@ def test_llm_api_translation_with_glossary_in_prompt(chat_server):
     assert "林晓 → Lin Xiao" in system
     assert "expected 2 translations, got 1" in server.requests[1]["body"]["messages"][-1]["content"]
     assert {u["tool"] for u in r.ai_usage} == {"deepseek-chat:input", "deepseek-chat:output"}
+
+
+def test_key_from_a_private_secrets_file(chat_server, tmp_path, monkeypatch):
+    """The real client takes its key from a mode-600 secrets file as well as from the environment."""
+    from pipeline.secrets import SecretError
+
+    monkeypatch.delenv("TEST_LLM_KEY")
+    file_key = "sk-file-" + "9" * 24
+    secrets_file = tmp_path / "secrets.env"
+    secrets_file.write_text(f"# keys\nexport DEEPSEEK_API_KEY='{file_key}'\n")
+    secrets_file.chmod(0o600)
+    server = chat_server([(200, f"```\n{SCREENPLAY}```")])
+    options = {"base_url": server.base_url, "model": "deepseek-chat", "secrets_file": str(secrets_file),
+               "api_key_name": "DEEPSEEK_API_KEY"}
+    backend = resolve("script", "openai-api")(**options)
+    backend.write(logline="The Stand-in", beats=["Office."], language="en", seed=3)
+    assert server.requests[0]["auth"] == f"Bearer {file_key}"
+    assert file_key not in repr(backend) and file_key.encode() not in pickle.dumps(backend)
+
+    secrets_file.chmod(0o644)  # readable by others: refused, naming the option, never echoing the key
+    with pytest.raises(SecretError, match=r"stages\.translate\.options\.secrets_file.*chmod 600") as err:
+        resolve("translate", "llm-api")(**options)
+    assert file_key not in str(err.value)

@@ -9,13 +9,13 @@ could not be checked.
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
 from models.llm import screenwriter
 from models.registry import BackendResult
+from pipeline import secrets
 from pipeline.errors import UserError
 
 
@@ -32,33 +32,38 @@ class ChatReply:
 
 
 class ChatClient:
-    """POST {base_url}/chat/completions with a bearer key from `os.environ[api_key_env]`."""
+    """POST {base_url}/chat/completions with a bearer key from the environment (`api_key_env`) or a 0600
+    secrets file (`secrets_file` + `api_key_name`), resolved through pipeline.secrets at each request (so a
+    rotated key is picked up) and registered there, so it is masked in every log and error text."""
 
-    def __init__(self, *, base_url: str, model: str, api_key_env: str, timeout_s: float = 120.0,
-                 stage: str = "script") -> None:
+    def __init__(self, *, base_url: str, model: str, api_key_env: str = "", timeout_s: float = 120.0,
+                 stage: str = "script", secrets_file: str | None = None, api_key_name: str | None = None) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise UserError(f"stages.{stage}.options.base_url must be an http(s) URL, got {base_url!r}")
         if not model:
             raise UserError(f"stages.{stage}.options.model: name the model, e.g. deepseek-chat or qwen-plus")
-        if not api_key_env or not os.environ.get(api_key_env):
-            raise UserError(f"stages.{stage}.options.api_key_env: environment variable {api_key_env or '(unset)'} "
-                            f"holding the API key is not set on this machine; export it (never put keys in "
-                            f"job or profile files)")
         self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
-        self.timeout_s = float(timeout_s)
+        self.stage, self.timeout_s = stage, float(timeout_s)
+        self.key_options = {k: v for k, v in {"api_key_env": api_key_env, "secrets_file": secrets_file,
+                                              "api_key_name": api_key_name}.items() if v}
+        self._key()  # fail at once, naming the option to fix
 
     def __repr__(self) -> str:
-        return f"ChatClient(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r})"
+        where = f"secrets_file={self.key_options['secrets_file']!r}" if "secrets_file" in self.key_options \
+            else f"api_key_env={self.api_key_env!r}"
+        return f"ChatClient(base_url={self.base_url!r}, model={self.model!r}, {where})"
+
+    def _key(self) -> str:
+        return secrets.resolve(self.key_options, field=f"stages.{self.stage}.options")
 
     def _scrub(self, text: str) -> str:
-        key = os.environ.get(self.api_key_env, "")
-        return text.replace(key, "***") if key else text
+        return secrets.redact(text)
 
     def _post(self, payload: dict) -> dict:
         request = urllib.request.Request(
             f"{self.base_url}/chat/completions", data=json.dumps(payload).encode("utf-8"), method="POST",
             headers={"Content-Type": "application/json", "Accept": "application/json",
-                     "Authorization": f"Bearer {os.environ.get(self.api_key_env, '')}"})
+                     "Authorization": f"Bearer {self._key()}"})
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:
                 body = resp.read().decode("utf-8", errors="replace")
@@ -101,8 +106,8 @@ class OpenAIScript:
     """Writes the screenplay through an OpenAI-compatible chat API (validated, re-prompted, repaired).
 
     Options: ``base_url`` (e.g. https://api.deepseek.com/v1), ``model`` (e.g. deepseek-chat),
-    ``api_key_env`` (name of the env var with the key), ``temperature``, ``max_tokens``, ``timeout_s``,
-    ``repair`` (skeleton|reprompt|none).
+    ``api_key_env`` (name of the env var with the key) or ``secrets_file`` + ``api_key_name`` (a mode-600
+    NAME=value file), ``temperature``, ``max_tokens``, ``timeout_s``, ``repair`` (skeleton|reprompt|none).
     """
 
     resident = False  # nothing to keep loaded: an HTTP client
@@ -110,10 +115,12 @@ class OpenAIScript:
 
     def __init__(self, *, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY",
                  temperature: float = 0.8, max_tokens: int = 4096, timeout_s: float = 180.0,
-                 repair: str = "skeleton") -> None:
+                 repair: str = "skeleton", secrets_file: str | None = None,
+                 api_key_name: str | None = None) -> None:
         if repair not in screenwriter.REPAIRS:
             raise ValueError(f"stages.script.options.repair must be one of {', '.join(screenwriter.REPAIRS)}")
-        self.client = ChatClient(base_url=base_url, model=model, api_key_env=api_key_env, timeout_s=timeout_s)
+        self.client = ChatClient(base_url=base_url, model=model, api_key_env=api_key_env, timeout_s=timeout_s,
+                                 secrets_file=secrets_file, api_key_name=api_key_name)
         self.temperature, self.max_tokens, self.repair = temperature, max_tokens, repair
 
     def __repr__(self) -> str:

@@ -45,7 +45,7 @@ def parse_array(text: str, n: int) -> list[str] | str:
 
 
 class LLMApiTranslate:
-    """Options: ``base_url``, ``model``, ``api_key_env``, ``temperature``, ``max_tokens``, ``timeout_s``,
+    """Options: ``base_url``, ``model``, ``api_key_env`` (or ``secrets_file`` + ``api_key_name``), ``temperature``, ``max_tokens``, ``timeout_s``,
     ``batch_size`` (lines per request), ``enforce_glossary``."""
 
     resident = False
@@ -53,9 +53,10 @@ class LLMApiTranslate:
 
     def __init__(self, *, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", temperature: float = 0.2,
                  max_tokens: int = 4096, timeout_s: float = 120.0, batch_size: int = 40,
-                 enforce_glossary: bool = True) -> None:
+                 enforce_glossary: bool = True, secrets_file: str | None = None,
+                 api_key_name: str | None = None) -> None:
         self.client = ChatClient(base_url=base_url, model=model, api_key_env=api_key_env, timeout_s=timeout_s,
-                                 stage="translate")
+                                 stage="translate", secrets_file=secrets_file, api_key_name=api_key_name)
         self.temperature, self.max_tokens = temperature, max_tokens
         self.batch_size, self.enforce_glossary = max(1, int(batch_size)), enforce_glossary
 
