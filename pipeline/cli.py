@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import importlib
-import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pipeline.errors import UserError
 
@@ -34,7 +33,7 @@ COMMANDS = {
 
 def _fail(exc: BaseException, code: int) -> None:
     for line in str(exc).splitlines() or [type(exc).__name__]:
-        err.print(f"[bold red]error:[/] {line}", highlight=False, markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -60,7 +59,7 @@ def validate(job: Path = typer.Argument(..., help="Episode job YAML"),
 @app.command()
 def run(job: Path = typer.Argument(..., help="Episode job YAML"),
         overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. stages.video.fps=24"),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; print the manifest path"),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display; print only the episode path"),
         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local)"),
         tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
                                                    help="MLflow tracking URI (default sqlite:///mlflow.db)"),
@@ -96,18 +95,10 @@ def run(job: Path = typer.Argument(..., help="Episode job YAML"),
 def _mount() -> None:
     for name, target in COMMANDS.items():
         module, _, attr = target.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), attr)
-        except ImportError:
-            continue
-        app.command(name=name)(fn)
+        app.command(name=name)(getattr(importlib.import_module(module), attr))  # a broken import fails loudly
     for name, (target, help_text) in SUBAPPS.items():
         module, _, attr = target.partition(":")
-        try:
-            sub = getattr(importlib.import_module(module), attr)
-        except ImportError:
-            continue
-        app.add_typer(sub, name=name, help=help_text)
+        app.add_typer(getattr(importlib.import_module(module), attr), name=name, help=help_text)
 
 
 def main() -> None:

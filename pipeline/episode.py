@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.job import Job
 from pipeline.metering.mlflow_sink import DEFAULT_URI
+from pipeline.money import exact_sum
 from pipeline.runner import ensure_ray, publish, run_episode
 from pipeline.orchestrate import new_run_id
 
@@ -154,7 +155,7 @@ def _run(job: Job, writer: Any, url: str, *, quiet: bool, address: str | None, t
     usage = [e.body for e in ledger.entries(kind="usage", where={"job": run_id})]
     costs = [e.body for e in ledger.entries(kind="cost", where={"job": run_id})]
     ledger.close()
-    total = sum((Decimal(c["amount"]) for c in costs), Decimal(0))
+    total = exact_sum(c["amount"] for c in costs)
     manifest["cost"] = {"total_cny": str(total.quantize(Decimal("0.01"))), "exact_cny": str(total),
                         "usage_records": len(usage), "cost_lines": len(costs)}
     manifest["ledger"] = {"url": _public_url(url), "tree_size": checkpoint["tree_size"],

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, Inexact, InvalidOperation, localcontext
 
 FEN = Decimal("0.01")
 ZERO = Decimal(0)
@@ -70,3 +70,13 @@ def plain(number: Decimal) -> str:
     """A number in plain notation without exponent or trailing zeros, for traces: 0.30 -> '0.3'."""
     text = f"{number.normalize():f}"
     return text
+
+
+def exact_sum(values) -> Decimal:
+    """Σ of Decimals with no rounding at all: a wide context that traps Inexact. Ledger amounts carry 50
+    significant digits (one division by 3600 s/h), more than the default 28-digit context keeps, so every
+    total of ledger amounts — manifests, MLflow tags, reports, claims — is summed here and agrees to the digit."""
+    with localcontext() as ctx:
+        ctx.prec, ctx.Emax, ctx.Emin = 100_000, 999_999, -999_999
+        ctx.traps[Inexact] = True
+        return sum((Decimal(v) for v in values), ZERO)

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pipeline.errors import UserError
 
@@ -151,7 +152,7 @@ def _wait(client: Any, sid: str, poll_s: float = 1.0) -> int:
         typer.echo(json.dumps(summary, ensure_ascii=False))
     if status != JobStatus.SUCCEEDED:
         tail = "\n".join(logs.splitlines()[-40:])
-        err.print(f"[bold red]error:[/] Ray job {sid} {status.value}\n{tail}", highlight=False, markup=True)
+        err.print(f"[bold red]error:[/] Ray job {sid} {status.value}\n{escape(tail)}", highlight=False, markup=True)
         return 1
     return 0 if summary is not None and summary.get("ok") else 1
 
@@ -187,5 +188,5 @@ def _client_run(address: str, entry: Entry, env: dict[str, str], tracking_uri: s
 
 def _fail(problems: list[str], code: int) -> None:
     for line in problems:
-        err.print(f"[bold red]error:[/] {line}", highlight=False, markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)

@@ -143,3 +143,15 @@ def test_cli_validate_and_bad_input_exit_2(tmp_path: Path) -> None:
     res = run_cli("run", str(bad), cwd=tmp_path)
     assert res.returncode == 2 and "episode.fountain:5" in res.stderr, res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_error_texts_are_printed_verbatim_not_as_markup(capsys) -> None:
+    """Messages quote screenplay syntax such as [[en: …]]; the terminal must show it, not eat it as markup."""
+    import typer
+
+    from pipeline import cli as cli_mod
+
+    text = "translate none: add [[en: …]] translations to the screenplay, or [bold]pick[/] a backend"
+    with pytest.raises(typer.Exit):
+        cli_mod._fail(RuntimeError(text), 1)
+    assert text in capsys.readouterr().err

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from pipeline.job import load_job
+from pipeline.money import exact_sum
 from tests.tiny_jobs import check_exactly_once, cli, ledger_entries, places, write_job
 
 EPISODES = 20
@@ -83,14 +84,15 @@ def test_twenty_episodes_at_once(tmp_path, ray_session, monkeypatch) -> None:
     report = rows(env["tracking_uri"], DRAMA)
     totals = {r["episode"]: Decimal(r["cost.total_cny"]) for r in report if r["stage"] == "TOTAL"}
     assert len(totals) == EPISODES
-    ledger_by_episode: dict[str, Decimal] = {}
+    amounts: dict[str, list[str]] = {}
     for e in ledger_entries(env["ledger_url"], "cost"):
-        ledger_by_episode[e.body["episode"]] = ledger_by_episode.get(e.body["episode"], Decimal(0)) + \
-            Decimal(e.body["amount"])
+        amounts.setdefault(e.body["episode"], []).append(e.body["amount"])
+    ledger_by_episode = {episode: exact_sum(a) for episode, a in amounts.items()}
+    assert totals == ledger_by_episode  # to the last digit the ledger carries
     for unit in (Decimal("0.01"), Decimal("1e-20")):  # to the fen — and, as tiny episodes cost < 1 fen, far below
         assert {k: v.quantize(unit) for k, v in totals.items()} == \
             {k: v.quantize(unit) for k, v in ledger_by_episode.items()}
-        assert sum(totals.values()).quantize(unit) == sum(ledger_by_episode.values()).quantize(unit)
+        assert exact_sum(totals.values()).quantize(unit) == exact_sum(ledger_by_episode.values()).quantize(unit)
     assert sum(ledger_by_episode.values()) > 0
 
     mib = 2**20

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import time
 import wave
@@ -79,7 +78,7 @@ def test_flux_tiny_keyframe_contract_and_determinism(tmp_path):
     assert backend.resident and backend.num_gpus == 0
     r1 = backend.render(SHOTS[0], SCRIPT, tmp_path / "a.png", width=48, height=80, seed=11)
     r2 = backend.render(SHOTS[0], SCRIPT, tmp_path / "b.png", width=48, height=80, seed=11)
-    assert r1.outputs == {"image": str(tmp_path / "a.png")}
+    assert r1.outputs == {"image": str(tmp_path / "a.png")} and r2.outputs == {"image": str(tmp_path / "b.png")}
     assert Image.open(tmp_path / "a.png").size == (48, 80)
     assert _digest(tmp_path / "a.png") == _digest(tmp_path / "b.png")
     assert _tools(r1) == {"flux-tiny": ("image", 1), "flux-tiny:step": ("step", 2)}

@@ -9,13 +9,13 @@ import datetime as dt
 import os
 import tempfile
 from dataclasses import dataclass, field
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Context, Decimal, Inexact, localcontext
+from decimal import ROUND_CEILING, ROUND_HALF_EVEN, Context, Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.money import ZERO, D
+from pipeline.money import ZERO, D, exact_sum  # noqa: F401  (exact_sum: re-exported for build)
 from pipeline.finance.scenario import DISTRICTS
 
 CST = dt.timezone(dt.timedelta(hours=8), "CST")  # China Standard Time: the claim year's clock
@@ -101,15 +101,6 @@ class MeteredDrama:
     def lines(self) -> list[tuple[MeteredRun, Any]]:
         """(run, ledger entry) for every cost line, in ledger order."""
         return sorted(((run, e) for run in self.runs for e in run.lines), key=lambda pair: pair[1].index)
-
-
-def exact_sum(values: Any) -> Decimal:
-    """Σ of Decimals with no rounding at all: a wide context that traps Inexact (ledger amounts carry 50 digits,
-    more than the default 28-digit context keeps)."""
-    with localcontext() as ctx:
-        ctx.prec, ctx.Emax, ctx.Emin = 100_000, 999_999, -999_999
-        ctx.traps[Inexact] = True
-        return sum(values, ZERO)
 
 
 def _decimal(value: Fraction, places: Decimal, rounding: str) -> Decimal:

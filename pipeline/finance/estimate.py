@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.money import exact_sum
 
 
 class BudgetExceeded(UserError):
@@ -36,15 +37,15 @@ def learn_rates(tracking_uri: str, drama: str | None = None) -> dict[tuple[str, 
                                   max_results=50000)
     except Exception:  # no tracking store yet: nothing learnt
         return {}
-    cost: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    cost: dict[tuple[str, str], list[Decimal]] = defaultdict(list)
     n: dict[tuple[str, str], int] = defaultdict(int)
     for run in runs:
         key = (run.data.tags.get("stage", ""), run.data.params.get("backend", ""))
         worked = int(run.data.metrics.get("executions", 0) - run.data.metrics.get("cache_hits", 0))
         if worked > 0:
-            cost[key] += Decimal(run.data.tags.get("cost.total_cny", "0"))
+            cost[key].append(Decimal(run.data.tags.get("cost.total_cny", "0")))
             n[key] += worked
-    return {k: StageRate(k[0], k[1], cost[k] / n[k], n[k]) for k in cost if n[k]}
+    return {k: StageRate(k[0], k[1], exact_sum(cost[k]) / n[k], n[k]) for k in cost if n[k]}
 
 
 def plan(job: Any, shots: int) -> dict[str, int]:
@@ -89,8 +90,7 @@ class BudgetGuard:
 
         ledger = Ledger.open(self.ledger_url)
         try:
-            return sum((Decimal(e.body["amount"]) for e in ledger.entries(kind="cost", where={"job": self.run_id})),
-                       Decimal(0))
+            return exact_sum(e.body["amount"] for e in ledger.entries(kind="cost", where={"job": self.run_id}))
         finally:
             ledger.close()
 
@@ -98,12 +98,15 @@ class BudgetGuard:
         from pipeline.orchestrate import backend_settings
 
         settings = backend_settings(self.job, stage)
-        rate = self.rates.get((stage, settings.backend if settings else "ffmpeg"))
+        backend = settings.backend if settings else "ffmpeg"
+        rate = self.rates.get((stage, backend))
         upcoming = rate.per_execution * executions if rate else Decimal(0)
         spent = self.spent()
         if spent + upcoming > self.limit:
+            basis = (f"estimated {upcoming.quantize(Decimal('0.01'))} CNY for {executions} execution(s)" if rate else
+                     f"no past runs of {stage} with {backend} to estimate it from, so the budget can only stop "
+                     f"the run once it is spent")
             raise BudgetExceeded(
-                f"budget.max_cny: stopped before stage '{stage}': spent {spent.quantize(Decimal('0.01'))} + "
-                f"estimated {upcoming.quantize(Decimal('0.01'))} CNY for {executions} execution(s) > "
-                f"{self.limit} CNY. Raise budget.max_cny or pick a cheaper profile; finished stages are "
-                f"cached and a re-run resumes from them.")
+                f"budget.max_cny: stopped before stage '{stage}': spent {spent.quantize(Decimal('0.01'))} CNY "
+                f"({spent} exactly) + {basis} > {self.limit} CNY. Raise budget.max_cny or pick a cheaper "
+                f"profile; finished stages are cached and a re-run resumes from them.")

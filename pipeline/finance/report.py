@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.money import exact_sum
 
 METRICS = ["wall_s", "cpu_s", "gpu_s", "gpu_energy_j", "tokens", "video_seconds", "images", "chars",
            "steps", "frames", "executions", "cache_hits", "failed_attempts"]
@@ -69,7 +70,7 @@ def _total_row(parent: Any, stage_rows: list[dict]) -> dict[str, Any]:
         vals = [r[m] for r in stage_rows if r[m] is not None]
         row[m] = sum(vals) if vals else None
     for k in MONEY:
-        row[k] = str(sum((Decimal(r[k]) for r in stage_rows), Decimal(0)))
+        row[k] = str(exact_sum(r[k] for r in stage_rows))
     duration = parent.data.metrics.get("duration_s") or 0.0
     row["duration_s"] = duration
     total = Decimal(row["cost.total_cny"])
@@ -124,8 +125,8 @@ def write(rows_: list[dict], path: Path, fmt: str, title: str) -> Path:
 
 
 def _cell(v: Any, column: str) -> Any:
-    if column.startswith("cost") and isinstance(v, str) and v:
-        return Decimal(v)
+    """Money stays exact text in the workbook (an Excel number is a binary double: 0.1 + 0.2 != 0.3);
+    everything else is written as it is."""
     return v
 
 

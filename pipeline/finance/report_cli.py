@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.errors import UserError
@@ -16,7 +17,7 @@ err = Console(stderr=True)
 
 def _exit(exc: UserError) -> None:
     for line in exc.problems:
-        err.print(f"[bold red]error:[/] {line}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(line)}", highlight=False)
     raise typer.Exit(exc.exit_code)
 
 

@@ -14,6 +14,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from pipeline.money import exact_sum
+
 SECRET = re.compile(r"(key|token|secret|passw|auth|credential)", re.I)
 DEFAULT_URI = "sqlite:///mlflow.db"
 STAGE_ORDER = ("script", "translate", "storyboard", "dub", "video", "edit")
@@ -37,13 +39,13 @@ def redact_params(options: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 def stage_money(costs: list[dict]) -> dict[str, dict[str, str]]:
     """Exact per-stage money as strings (MLflow metrics are floats; tags keep the exact figures)."""
-    sums: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+    parts: dict[str, dict[str, list[Decimal]]] = defaultdict(lambda: defaultdict(list))
     for c in costs:
-        s = sums[c["stage"]]
-        s["cost.total_cny"] += Decimal(c["amount"])
-        s[f"cost.{c['kind']}_cny"] += Decimal(c["amount"])
-        s["cost.list_value_cny"] += Decimal(c.get("list_value") or "0")
-    return {stage: {k: str(v) for k, v in d.items()} for stage, d in sums.items()}
+        s = parts[c["stage"]]
+        s["cost.total_cny"].append(Decimal(c["amount"]))
+        s[f"cost.{c['kind']}_cny"].append(Decimal(c["amount"]))
+        s["cost.list_value_cny"].append(Decimal(c.get("list_value") or "0"))
+    return {stage: {k: str(exact_sum(v)) for k, v in d.items()} for stage, d in parts.items()}
 
 
 def stage_metrics(usage: list[dict], costs: list[dict]) -> dict[str, dict[str, float]]:
@@ -105,7 +107,7 @@ def log_episode(*, tracking_uri: str, job: Any, manifest: dict[str, Any], usage:
     mlflow.set_tracking_uri(tracking_uri)
     exp = mlflow.set_experiment(job.drama)
     metrics = stage_metrics(usage, costs)
-    total_cost = sum(Decimal(c["amount"]) for c in costs)
+    total_cost = exact_sum(c["amount"] for c in costs)
     tags = {"company": job.company, "drama": job.drama, "episode": job.episode, "profile": job.profile,
             "microdrama.run_id": manifest["run_id"], "job_hash": manifest["job_hash"],
             "microdrama.kind": "episode", "total_cost_cny": str(total_cost)}
