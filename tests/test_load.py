@@ -25,23 +25,40 @@ DRAMA = "load-drama"
 
 
 class PeakRss(threading.Thread):
-    """Samples the RSS of this driver and of the Ray processes of its session (workers, raylet, GCS)."""
+    """Samples the RSS of this driver and of every process of its Ray session: GCS, raylet and agents (their
+    command lines name the session) and all their descendants — the workers and model actors, which rename
+    themselves (`ray::IDLE`, `ray::StageWorker`) and so can only be found as the raylet's children."""
 
     def __init__(self, session: str, every_s: float = 0.2) -> None:
         super().__init__(daemon=True)
         self.session, self.every_s = session, every_s
-        self.driver = self.total = 0
+        self.driver = self.total = self.workers = 0
         self._halt = threading.Event()
 
     def run(self) -> None:
         me = psutil.Process()
         while not self._halt.wait(self.every_s):
             driver = me.memory_info().rss
-            total = driver
-            for p in psutil.process_iter(["cmdline", "memory_info"]):
-                if any(self.session in arg for arg in (p.info["cmdline"] or [])) and p.info["memory_info"]:
-                    total += p.info["memory_info"].rss
+            ray_procs: dict[int, psutil.Process] = {}
+            for p in psutil.process_iter(["cmdline"]):
+                if any(self.session in arg for arg in (p.info["cmdline"] or [])):
+                    ray_procs[p.pid] = p
+                    try:
+                        ray_procs.update((c.pid, c) for c in p.children(recursive=True))
+                    except psutil.Error:
+                        pass
+            total, workers = driver, 0
+            for pid, p in ray_procs.items():
+                if pid == me.pid:
+                    continue
+                try:
+                    rss, name = p.memory_info().rss, " ".join(p.cmdline()[:1])
+                except psutil.Error:  # ended between listing and reading
+                    continue
+                total += rss
+                workers += name.startswith("ray::")
             self.driver, self.total = max(self.driver, driver), max(self.total, total)
+            self.workers = max(self.workers, workers)
 
     def stop(self) -> None:
         self._halt.set()
@@ -57,7 +74,8 @@ def test_twenty_episodes_at_once(tmp_path, ray_session, monkeypatch) -> None:
     from pipeline.finance.report import rows
 
     env = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "ledger_url": f"sqlite:///{tmp_path / 'ledger.db'}"}
-    jobs = [load_job(write_job(tmp_path / f"ep{i:02d}", drama=DRAMA, episode=f"ep{i:02d}", seed=100 + i),
+    jobs = [load_job(write_job(tmp_path / f"ep{i:02d}", drama=DRAMA, episode=f"ep{i:02d}", seed=100 + i,
+                               profile="tiny"),
                      places(tmp_path)) for i in range(1, EPISODES + 1)]
     session = Path(ray._private.worker._global_node.get_session_dir_path()).name
     sampler = PeakRss(session)
@@ -97,6 +115,7 @@ def test_twenty_episodes_at_once(tmp_path, ray_session, monkeypatch) -> None:
 
     mib = 2**20
     print(f"\n{EPISODES} episodes in {took:.1f} s; driver RSS {before / mib:.0f} → peak {sampler.driver / mib:.0f} MiB; "
-          f"driver + Ray processes peak {sampler.total / mib:.0f} MiB")
+          f"driver + Ray processes peak {sampler.total / mib:.0f} MiB, at most {sampler.workers} Ray workers at once")
+    assert sampler.workers >= 2  # the sampler saw the workers and model actors, not only GCS and raylet
     assert sampler.driver - before < 400 * mib  # the driver holds 20 small manifests, not 20 episodes
     assert sampler.total < 6 * 1024 * mib
