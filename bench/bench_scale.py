@@ -1,11 +1,13 @@
 """Scale-out benchmark: short episodes per hour on a 1-node vs a 2-node Ray cluster, and ledger appends per
 second on SQLite vs PostgreSQL.
 
-    python -m bench.bench_scale            # 6 episodes per cluster size, best of 2; 400 appends (~4 min)
-    python -m bench.bench_scale --quick    # 2 episodes, 100 appends (~2 min)
+    python -m bench.bench_scale                        # tiny profile, 6 episodes per size, best of 2; 400 appends
+    python -m bench.bench_scale --quick                # 2 episodes, 100 appends
+    python -m bench.bench_scale --profile preview-cpu  # the model-free preview instead
 
 Writes bench/results/scale.json. The cluster is `jobs.local_cluster.LocalCluster` (each node a raylet with
-`--num-cpus=1`, on this one machine). The same batch (2 shots, 270×480, preview-cpu) runs through the Ray job
+`--num-cpus=1`, on this one machine). The same batch (2 shots; tiny profile at 144×256: tiny random FLUX, Wan2.1,
+VITS and Marian in resident actors, or preview-cpu at 270×480) runs through the Ray job
 entrypoint with a fresh cache for each run, so every run does the same work, after a warm-up batch (Ray
 worker processes started and imports done on every node); the fastest of --repeats runs counts.
 Episodes per hour = episodes / batch wall time (connection and cluster start excluded). On one machine the nodes share its cores (ffmpeg's
@@ -67,17 +69,17 @@ def best_of(cluster: LocalCluster, work: Path, tag: str, parallel: int, repeats:
     return {**best, "repeats_wall_s": [r["batch_wall_s"] for r in runs]}
 
 
-def bench_cluster(episodes: int, parallel: int, repeats: int) -> dict:
+def bench_cluster(episodes: int, parallel: int, repeats: int, profile: str) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     try:
-        write_batch(work / "jobs", "bench-scale", episodes)
-        write_batch(work / "warmup", "bench-warmup", 2, start=episodes)
+        write_batch(work / "jobs", "bench-scale", episodes, profile=profile)
+        write_batch(work / "warmup", "bench-warmup", 2, start=episodes, profile=profile)
         with LocalCluster() as cluster:
             cluster.start_head(num_cpus=1, dashboard=False)
             one = best_of(cluster, work, "one-node", parallel, repeats)
             cluster.add_worker(num_cpus=1)
             two = best_of(cluster, work, "two-nodes", parallel, repeats)
-        return {"one_node": one, "two_nodes": two,
+        return {"profile": profile, "one_node": one, "two_nodes": two,
                 "ratio_two_over_one": round(two["episodes_per_hour"] / one["episodes_per_hour"], 3)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="2 episodes per size, 100 appends")
     ap.add_argument("--parallel", type=int, default=4, help="episodes in flight per batch (default 4)")
     ap.add_argument("--repeats", type=int, default=2, help="timed batches per cluster size (the best counts)")
+    ap.add_argument("--profile", default="tiny", choices=["tiny", "preview-cpu"], help="episode profile (default tiny)")
     ap.add_argument("--skip-cluster", action="store_true")
     ap.add_argument("--skip-ledger", action="store_true")
     a = ap.parse_args(sys.argv[1:] if argv is None else argv)
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 "platform": platform.platform(), "load_avg_start": os.getloadavg()},
                     "quick": a.quick, "how": __doc__}
     if not a.skip_cluster:
-        result["cluster"] = bench_cluster(2 if a.quick else 6, a.parallel, 1 if a.quick else a.repeats)
+        result["cluster"] = bench_cluster(2 if a.quick else 6, a.parallel, 1 if a.quick else a.repeats, a.profile)
         print(json.dumps(result["cluster"], indent=1), flush=True)
     if not a.skip_ledger:
         result["ledger"] = bench_ledger(100 if a.quick else 400)

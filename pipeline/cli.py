@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -52,6 +53,11 @@ def validate(job: Path = typer.Argument(..., help="Episode job YAML"),
         _fail(exc, 2)
     except screenplay.ScreenplayError as exc:
         _fail(exc, 2)
+    from pipeline.orchestrate import preflight
+
+    problems = preflight(j)
+    if problems:
+        _fail(UserError(problems), 2)
     typer.echo(f"ok: {j.drama}/{j.episode} profile={j.profile} languages={','.join(j.languages)} "
                f"shots={len(script.shots)}")
 
@@ -73,6 +79,12 @@ def run(job: Path = typer.Argument(..., help="Episode job YAML"),
     try:
         j = load_job(job, overrides or [])
         screenplay.load((j.job_dir / j.screenplay).resolve())
+        if address is None and not os.environ.get("RAY_ADDRESS"):  # this machine is the worker: check it now
+            from pipeline.orchestrate import preflight
+
+            problems = preflight(j)
+            if problems:
+                raise UserError(problems)
     except (UserError, screenplay.ScreenplayError) as exc:
         _fail(exc, 2)
     try:

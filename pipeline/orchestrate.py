@@ -96,6 +96,28 @@ def make_backend(job: Job, stage: str) -> Any:
     return _LOCAL_BACKENDS[key]
 
 
+def preflight(job: Job) -> list[str]:
+    """Build every stage's backend here, before any work, and collect what stops one: weights that are not
+    on this machine (naming the model and how to provide a local weights dir), a missing API key, a bad
+    option. Backends load their models lazily, so this costs imports, not weights. For a local run (or
+    `validate`) this machine is the worker; on a cluster the workers check for themselves."""
+    from pipeline.errors import UserError
+
+    problems: list[str] = []
+    for stage in STAGES:
+        settings = backend_settings(job, stage)
+        if settings is None:
+            continue
+        try:
+            resolve(STAGES[stage][1] if stage != "dub" else "tts", settings.backend)(**settings.options)
+        except UserError as exc:
+            problems += [secrets.redact(p) for p in exc.problems]
+        except (TypeError, ValueError, ModuleNotFoundError) as exc:
+            section = STAGES[stage][1] if stage != "dub" else "tts"
+            problems.append(secrets.redact(f"stages.{section}: backend {settings.backend!r}: {exc}"))
+    return problems
+
+
 def is_resident(job: Job, stage: str) -> bool:
     settings = backend_settings(job, stage)
     if settings is None:

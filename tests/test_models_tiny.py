@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import time
 import wave
@@ -287,3 +288,26 @@ def test_smollm2_real_model_output_is_validated_or_repaired():
                       language="en", seed=1)
     assert screenplay.parse(r.outputs["screenplay"], language="en").shots
     assert r.params["repair"] in ("none", "reprompt", "skeleton") and r.params["tokens_out"] > 0
+
+
+def test_validate_and_run_refuse_a_real_profile_without_weights_before_any_work(tmp_path):
+    """The CLI builds every backend up front: a run on gpu-h100 without weights exits 2 naming each model and
+    the weights_dir to set, before Ray, the ledger, MLflow or the output folder are touched."""
+    import shutil
+    import subprocess
+    import sys
+
+    demo = Path(__file__).resolve().parents[1] / "configs" / "episodes" / "demo"
+    shutil.copytree(demo, tmp_path / "job")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    for command in ("validate", "run"):
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", command, str(tmp_path / "job" / "job.yaml"),
+                               "profile=gpu-h100", f"output_dir={tmp_path / 'out'}"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        for model_id, stage in (("black-forest-labs/FLUX.1-dev", "storyboard"),
+                                ("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "video"),
+                                ("Helsinki-NLP/opus-mt-zh-en", "translate")):
+            assert model_id in proc.stderr and f"stages.{stage}.options.weights_dir=" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job"]  # no out/, ledger.db, mlflow.db or cache
