@@ -46,9 +46,11 @@ def validate(job: Path = typer.Argument(..., help="Episode job YAML"),
     from pipeline import screenplay
     from pipeline.job import load_job
 
+    from pipeline.stages.script import read_source
+
     try:
         j = load_job(job, [*set_, *(overrides or [])])
-        script = screenplay.load((j.job_dir / j.screenplay).resolve())
+        script = read_source(j)
     except UserError as exc:
         _fail(exc, 2)
     except screenplay.ScreenplayError as exc:
@@ -58,8 +60,8 @@ def validate(job: Path = typer.Argument(..., help="Episode job YAML"),
     problems = preflight(j)
     if problems:
         _fail(UserError(problems), 2)
-    typer.echo(f"ok: {j.drama}/{j.episode} profile={j.profile} languages={','.join(j.languages)} "
-               f"shots={len(script.shots)}")
+    size = f"shots={len(script.shots)}" if hasattr(script, "shots") else f"beats={len(script.beats)} (treatment)"
+    typer.echo(f"ok: {j.drama}/{j.episode} profile={j.profile} languages={','.join(j.languages)} {size}")
 
 
 @app.command()
@@ -76,9 +78,11 @@ def run(job: Path = typer.Argument(..., help="Episode job YAML"),
     from pipeline.job import load_job
     from pipeline.episode import run_job
 
+    from pipeline.stages.script import read_source
+
     try:
         j = load_job(job, overrides or [])
-        screenplay.load((j.job_dir / j.screenplay).resolve())
+        read_source(j)
         if address is None and not os.environ.get("RAY_ADDRESS"):  # this machine is the worker: check it now
             from pipeline.orchestrate import preflight
 

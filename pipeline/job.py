@@ -36,6 +36,19 @@ class BackendSettings(_Frozen):
     num_gpus: float = Field(0, ge=0)
     num_cpus: float = Field(1, ge=0)
     max_retries: int = Field(2, ge=0, le=10)
+    # Ray custom resources the stage's tasks and actors ask for, e.g. {render: 1} to run only on nodes
+    # started with `ray start --resources='{"render": 2}'` (a render farm, nodes with local weights).
+    resources: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, amount in v.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise ValueError(f"{name!r} is not a custom resource: use num_cpus / num_gpus")
+            if not amount > 0:
+                raise ValueError(f"{name}: ask for an amount > 0, e.g. {{{name}: 1}}")
+        return v
 
 
 class ScriptSettings(BackendSettings):

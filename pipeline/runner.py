@@ -39,6 +39,25 @@ def ensure_ray(address: str | None = None) -> None:
     ray.init(address=address, **kwargs)
 
 
+def check_resources(job: Job) -> None:
+    """Refuse, before any work, a stage that asks for a custom resource no live node of the cluster has:
+    Ray would keep it pending for ever. (A KubeRay autoscaler that adds such nodes on demand needs a
+    minimum of one in the worker group.)"""
+    have: set[str] = set()
+    for node in ray.nodes():
+        if node.get("Alive"):
+            have |= {k for k, v in node.get("Resources", {}).items() if v > 0}
+    problems = []
+    for section in ("script", "storyboard", "video", "tts", "translate"):
+        for name in getattr(job.stages, section).resources:
+            if name not in have:
+                problems.append(f"stages.{section}.resources.{name}: no live node of this Ray cluster has the "
+                                f"resource {name!r}; start one with `ray start --resources='{{\"{name}\": 1}}'` "
+                                "or remove it from the job")
+    if problems:
+        raise UserError(problems)
+
+
 @dataclass
 class Submitter:
     """Places stage executions on Ray: plain tasks, or a pool of resident StageWorker actors."""
@@ -59,6 +78,8 @@ class Submitter:
             return self._track(pool[i % len(pool)].execute.remote(self.info, call, names, *refs))
         opts: dict[str, Any] = {"num_cpus": settings.num_cpus if settings else 1, "max_retries": 2,
                                 "retry_exceptions": False}
+        if settings is not None and settings.resources:
+            opts["resources"] = dict(settings.resources)
         return self._track(stage_task.options(**opts).remote(self.info, stage, call, names, *refs))
 
     def _track(self, ref: ray.ObjectRef) -> ray.ObjectRef:
@@ -82,6 +103,7 @@ class Submitter:
         if stage not in self.workers:
             self.workers[stage] = [
                 StageWorker.options(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
+                                    resources=dict(settings.resources) or None,
                                     max_restarts=2, max_task_retries=2).remote(self.info.job, stage,
                                                                                self.info.backends)
                 for _ in range(settings.actors)]
@@ -115,6 +137,7 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
                    cache_root=str((Path.cwd() / job.cache_dir).resolve()
                                   if not job.cache_dir.is_absolute() else job.cache_dir), sink=sink,
                    ledger_url=ledger_url, backends=registry_snapshot(), driver=driver_identity())
+    check_resources(job)
     sub = Submitter(info)
     progress = Progress(quiet=quiet, title=f"{job.drama}/{job.episode}")
     results: dict[str, Any] = {}

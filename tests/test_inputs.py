@@ -219,3 +219,18 @@ def test_oversized_inputs_are_refused_in_bounded_memory(tmp_path) -> None:
         assert rss - base < 64, (name, rss, base)  # MiB over a tiny valid job: the input was never loaded whole
         assert took < 60, (name, took)
     print({k: (v[2], round(v[3], 1)) for k, v in results.items()})
+
+
+def test_a_custom_resource_no_node_has_is_refused_before_any_work(tmp_path, ray_session) -> None:
+    """Ray would keep such a stage pending for ever; the run refuses it up front, naming the field."""
+    from tests.tiny_jobs import ledger_entries, places, write_job
+
+    path = write_job(tmp_path / "job", stages={"video": {"resources": {"gpu-farm": 1}}})
+    ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+    res = cli("run", str(path), *places(tmp_path), "--quiet", "--ledger", ledger,
+              "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert res.exit_code == 2 and "stages.video.resources.gpu-farm: no live node" in res.output, res.output
+    assert not (tmp_path / "out").exists() and not ledger_entries(ledger, "usage")
+    bad = write_job(tmp_path / "bad", stages={"video": {"resources": {"GPU": 1}}})
+    res = cli("validate", str(bad), *places(tmp_path))
+    assert res.exit_code == 2 and "stages.video.resources" in res.output and "num_gpus" in res.output

@@ -311,3 +311,56 @@ def test_validate_and_run_refuse_a_real_profile_without_weights_before_any_work(
             assert model_id in proc.stderr and f"stages.{stage}.options.weights_dir=" in proc.stderr
         assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job"]  # no out/, ledger.db, mlflow.db or cache
+
+
+TREATMENT = """\
+Title: 替身合同
+Logline: 实习生林晓被迫签下替身合同，假扮总裁顾辰的前女友。
+Language: zh
+
+# 第一幕
+= 顾辰逼林晓签下替身合同。
+= 林晓在古城墙上独自等待。
+= 苏曼现身：她没有死。
+"""
+
+
+def test_a_screenwriter_expands_the_jobs_treatment(tmp_path):
+    """With an LLM script backend the job's screenplay: file is a treatment (a logline and `= beat` lines);
+    the script stage hands both to the model and parses what it writes."""
+    from pipeline import screenplay
+    from pipeline.job import load_job
+    from pipeline.stages import StageCall, StageRun
+    from pipeline.stages.script import ScriptStage, load_script, read_source
+
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "episode.fountain").write_text(TREATMENT, encoding="utf-8")
+    (tmp_path / "job" / "job.yaml").write_text(
+        "drama: d\nepisode: e\nscreenplay: episode.fountain\nstages: {script: {backend: llm-tiny, "
+        "options: {max_new_tokens: 48}}}\n", encoding="utf-8")
+    job = load_job(tmp_path / "job" / "job.yaml", [f"output_dir={tmp_path / 'out'}"])
+    treatment = read_source(job)
+    assert treatment.logline.startswith("实习生林晓") and treatment.beats[2] == "苏曼现身：她没有死。"
+    usage = []
+    run = StageRun(workdir=tmp_path / "w", backend=resolve("script", "llm-tiny")(max_new_tokens=48),
+                   report_usage=lambda *u: usage.append(u))
+    (tmp_path / "w").mkdir()
+    script = load_script(ScriptStage(job).run(StageCall(None), run))
+    assert [s.shots[0].action for s in script.scenes] == list(treatment.beats)  # the tiny model's gibberish was
+    assert usage and usage[0][1] == "token"                                     # repaired from the beats
+    with pytest.raises(screenplay.ScreenplayError, match="no scene headings"):  # a treatment is no screenplay
+        read_source(load_job(tmp_path / "job" / "job.yaml", ["stages.script.backend=fountain"]))
+    with pytest.raises(screenplay.ScreenplayError, match="logline or beats"):
+        screenplay.parse_treatment("Title: x\n\n")
+
+
+def test_cli_validates_a_treatment_for_a_screenwriter(tmp_path):
+    from tests.tiny_jobs import cli
+
+    (tmp_path / "episode.fountain").write_text(TREATMENT, encoding="utf-8")
+    (tmp_path / "job.yaml").write_text("drama: d\nepisode: e\nscreenplay: episode.fountain\n"
+                                       "stages: {script: {backend: llm-tiny}}\n", encoding="utf-8")
+    res = cli("validate", str(tmp_path / "job.yaml"), f"output_dir={tmp_path / 'out'}")
+    assert res.exit_code == 0 and "beats=3 (treatment)" in res.output, res.output
+    res = cli("validate", str(tmp_path / "job.yaml"), f"output_dir={tmp_path / 'out'}", "stages.script.backend=fountain")
+    assert res.exit_code == 2 and "no scene headings" in res.output

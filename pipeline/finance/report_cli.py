@@ -51,11 +51,13 @@ def estimate(job: Path = typer.Argument(..., help="Episode job YAML"),
     from pipeline import screenplay
     from pipeline.episode import tracking_uri_of
     from pipeline.finance.estimate import estimate as predict
+    from pipeline.stages.script import read_source
     from pipeline.job import load_job
 
     try:
         j = load_job(job, overrides or [])
-        shots = len(screenplay.load((j.job_dir / j.screenplay).resolve()).shots)
+        source = read_source(j)  # a screenplay's shots, or for a screenwriter one shot per beat (an estimate)
+        shots = len(source.shots) if hasattr(source, "shots") else max(1, len(source.beats))
     except (UserError, screenplay.ScreenplayError) as exc:
         _exit(exc if isinstance(exc, UserError) else UserError(str(exc)))
     result = predict(j, shots, tracking_uri_of(tracking_uri))

@@ -1,4 +1,5 @@
-"""Script stage: the screenplay (a writer's file, or one an LLM writes from a logline) → typed Script."""
+"""Script stage: the screenplay (a writer's file, or one an LLM writes from a treatment: a logline and a beat
+sheet as a Fountain outline, see docs/screenplay.md) → typed Script."""
 from __future__ import annotations
 
 import json
@@ -33,8 +34,10 @@ class ScriptStage:
 
         backend = run.backend
         source = self.screenplay_path()
-        if hasattr(backend, "write") and not hasattr(backend, "reads_file"):
-            result = backend.write(logline=self.job.title, beats=[], language=self.job.primary_language,
+        if is_writer(type(backend)):
+            treatment = screenplay.load_treatment(source)
+            result = backend.write(logline=treatment.logline or treatment.title or self.job.title,
+                                   beats=list(treatment.beats), language=treatment.language or self.job.primary_language,
                                    seed=self.job.seed)
             report_all(run, result.ai_usage)
             text = result.outputs["screenplay"]
@@ -45,6 +48,23 @@ class ScriptStage:
         out = run.workdir / "script.json"
         out.write_text(script.model_dump_json(indent=1), encoding="utf-8")
         return {"script": str(out), "shots": [s.id for s in script.shots]}
+
+
+def is_writer(cls: type) -> bool:
+    """A script backend that writes the screenplay (an LLM) rather than reading the writer's file."""
+    return hasattr(cls, "write") and not hasattr(cls, "reads_file")
+
+
+def read_source(job: Job) -> Any:
+    """What the job's `screenplay:` file must be for its script backend, parsed (ScreenplayError otherwise):
+    a Script for a file-reading backend, a Treatment for a screenwriter."""
+    from models.registry import resolve
+    from pipeline import screenplay
+
+    path = (job.job_dir / job.screenplay).resolve()
+    if is_writer(resolve("script", job.stages.script.backend)):
+        return screenplay.load_treatment(path)
+    return screenplay.load(path)
 
 
 def load_script(outputs: dict[str, Any]) -> Script:
