@@ -142,7 +142,8 @@ def test_vits_tiny_speaks_any_script_deterministically(tmp_path):
             assert (w.getnchannels(), w.getframerate()) == (1, 16000)
             assert abs(w.getnframes() / 16000 - r.outputs["duration_s"]) < 1e-6
         assert r.outputs["duration_s"] > 0.05 and r.outputs["sample_rate"] == 16000
-        assert _tools(r) == {"vits-tiny": ("char", len(text))}
+        assert _tools(r) == {"vits-tiny": ("char", len(text)),
+                             "vits-tiny:audio": ("second", round(r.outputs["duration_s"], 6))}
         out[lang] = _digest(tmp_path / f"{lang}.wav")
     backend.speak("Sign it. From today on, you are her.", tmp_path / "again.wav", lang="en", speaker="顾辰",
                   voice={}, emotion=None)

@@ -141,7 +141,9 @@ def test_espeak_speaks_zh_and_en(tmp_path, lang, text):
     assert 1.5 < result.outputs["duration_s"] < 8.0
     assert abs(len(samples) / rate - result.outputs["duration_s"]) < 1e-6
     assert rms(samples) > 300
-    assert result.ai_usage == ({"tool": "espeak-ng", "unit": "char", "quantity": len(text)},)
+    assert result.ai_usage == ({"tool": "espeak-ng", "unit": "char", "quantity": len(text)},
+                               {"tool": "espeak-ng:audio", "unit": "second",
+                                "quantity": round(result.outputs["duration_s"], 6)})
 
 
 @needs_espeak
@@ -176,7 +178,9 @@ def test_piper_speaks_english_only(tmp_path):
     samples, rate = read_wav(Path(result.outputs["wav"]))
     assert rate == result.outputs["sample_rate"] == 22050
     assert 1.5 < result.outputs["duration_s"] < 8.0 and rms(samples) > 300
-    assert result.ai_usage == ({"tool": "piper:en_US-joe-medium", "unit": "char", "quantity": len(text)},)
+    assert result.ai_usage == ({"tool": "piper:en_US-joe-medium", "unit": "char", "quantity": len(text)},
+                               {"tool": "piper:en_US-joe-medium:audio", "unit": "second",
+                                "quantity": round(result.outputs["duration_s"], 6)})
     with pytest.raises(ValueError, match="espeak-ng"):
         tts.speak("你好", tmp_path / "zh.wav", lang="zh", speaker="Chen", voice={}, emotion=None)
 

@@ -151,6 +151,8 @@ def test_usage_records_carry_the_model_usage(tiny_run):
     for r in by_stage["dub"]:
         unit, chars = _ai(r)["vits-tiny"]
         assert unit == "char" and chars > 0
+        unit, spoken = _ai(r)["vits-tiny:audio"]  # seconds of speech: at most the shot's length per dub language
+        assert unit == "second" and 0 < spoken <= 2 * shots[r["shot"]]["duration_s"] + 1e-6
     assert _ai(by_stage["translate"][0])["marian-tiny"][0] == "char"  # the line without [[en: …]]
 
 

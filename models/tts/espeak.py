@@ -119,7 +119,8 @@ class EspeakTTS:
         duration, rate = wav_duration(out_path)
         return BackendResult(
             outputs={"wav": str(out_path), "duration_s": duration, "sample_rate": rate},
-            ai_usage=({"tool": "espeak-ng", "unit": "char", "quantity": len(text)},),
+            ai_usage=({"tool": "espeak-ng", "unit": "char", "quantity": len(text)},
+                      {"tool": "espeak-ng:audio", "unit": "second", "quantity": round(duration, 6)}),
             params=settings,
         )
 

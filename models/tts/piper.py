@@ -86,7 +86,8 @@ class PiperTTS:
             rate, duration = wav.getframerate(), wav.getnframes() / wav.getframerate()
         return BackendResult(
             outputs={"wav": str(out_path), "duration_s": duration, "sample_rate": rate},
-            ai_usage=({"tool": f"piper:{self.voice_id}", "unit": "char", "quantity": len(text)},),
+            ai_usage=({"tool": f"piper:{self.voice_id}", "unit": "char", "quantity": len(text)},
+                      {"tool": f"piper:{self.voice_id}:audio", "unit": "second", "quantity": round(duration, 6)}),
             params={"model": self.voice_id, "length_scale": length_scale, "volume": volume, "emotion": mood},
         )
 

@@ -141,7 +141,8 @@ class VitsTTS:
         model_id = self.models.get(lang, self.models.get("*"))
         return BackendResult(
             outputs={"wav": str(out_path), "duration_s": duration, "sample_rate": rate},
-            ai_usage=({"tool": self.name, "unit": "char", "quantity": len(text)},),
+            ai_usage=({"tool": self.name, "unit": "char", "quantity": len(text)},
+                      {"tool": f"{self.name}:audio", "unit": "second", "quantity": round(duration, 6)}),
             params={"model": model_id or f"tiny-random-vits(seed={self.tiny_seed})", "lang": lang,
                     "seed": line_seed, "speaking_rate": model.speaking_rate, "emotion": emotion,
                     "seconds": round(duration, 4)})

@@ -9,7 +9,7 @@ from typing import Any
 from pipeline.errors import UserError
 from pipeline.money import exact_sum
 
-METRICS = ["wall_s", "cpu_s", "gpu_s", "gpu_energy_j", "tokens", "video_seconds", "images", "chars",
+METRICS = ["wall_s", "cpu_s", "gpu_s", "gpu_energy_j", "tokens", "video_seconds", "audio_seconds", "images", "chars",
            "steps", "frames", "executions", "cache_hits", "failed_attempts"]
 MONEY = ["cost.total_cny", "cost.compute_cny", "cost.ai_tool_cny", "cost.idle_cny", "cost.list_value_cny"]
 

@@ -21,6 +21,7 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 STAGE_ORDER = ("script", "translate", "storyboard", "dub", "video", "edit")
 UNIT_METRIC = {"token": "tokens", "second": "video_seconds", "image": "images", "char": "chars",
                "call": "calls", "step": "steps", "frame": "frames"}
+AUDIO_SUFFIX = ":audio"  # TTS backends report seconds of speech as "<tool>:audio" (not seconds of video)
 
 
 def redact_params(options: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -65,7 +66,8 @@ def stage_metrics(usage: list[dict], costs: list[dict]) -> dict[str, dict[str, f
         else:
             s["gpu_energy_j"] += float(r["gpu_energy_j"])
         for use in r["ai_usage"]:
-            s[UNIT_METRIC.get(use["unit"], use["unit"])] += float(use["quantity"])
+            audio = use["unit"] == "second" and str(use["tool"]).endswith(AUDIO_SUFFIX)
+            s["audio_seconds" if audio else UNIT_METRIC.get(use["unit"], use["unit"])] += float(use["quantity"])
     for c in costs:
         s = m[c["stage"]]
         s["cost_cny"] += float(Decimal(c["amount"]))
