@@ -192,3 +192,43 @@ def test_no_translation_passes_same_language_and_explains_otherwise():
     assert mt.translate(["你好"], src="zh", tgt="zh-CN", glossary={}).outputs == {"texts": ["你好"]}
     with pytest.raises(ValueError, match=r"'en'.*\[\[en: …\]\].*translate backend"):
         mt.translate(["你好"], src="zh", tgt="en", glossary={})
+
+
+# ---------------------------------------------------------------- dubbing fits a fixed-length shot
+
+def _dub(tmp_path: Path, seconds: float | None, tag: str) -> dict:
+    from pipeline import screenplay
+    from pipeline.job import load_job
+    from pipeline.stages import StageCall, StageRun
+    from pipeline.stages.dub import DubStage
+
+    length = f", {seconds:.3f}s" if seconds is not None else ""
+    script = screenplay.parse("Title: t\nLanguage: zh\n\n内景. 办公室 - 夜\n\n"
+                              f"[[shot: medium, hold{length}]]\n林晓\n我不会签这份合同，你找别人吧。\n\n"
+                              "顾辰\n签了它，明天开始你就是她。\n")
+    (tmp_path / "x.fountain").write_text("", "utf-8")  # the job needs a screenplay file; the shot is parsed above
+    (tmp_path / "job.yaml").write_text("drama: d\nepisode: e\nscreenplay: x.fountain\nlanguages: [zh]\n", "utf-8")
+    job = load_job(tmp_path / "job.yaml", [f"output_dir={tmp_path / 'out'}"])
+    work = tmp_path / tag
+    work.mkdir()
+    run = StageRun(workdir=work, backend=resolve("tts", "espeak-ng")(), report_usage=lambda *a: None)
+    return DubStage(job).run(StageCall(script.shots[0].id, {"shot": script.shots[0], "script": script}), run)
+
+
+def test_dub_time_stretches_within_the_limit_then_extends_the_shot(tmp_path):
+    natural = _dub(tmp_path, None, "natural")  # no duration: the shot lasts as long as its dialogue
+    fixed = 0.4 + 0.25 + 0.6  # lead-in, one gap, tail (the DubSettings defaults)
+    speech = natural["natural_s"]["zh"] - fixed
+    assert natural["stretch"] == {"zh": 1.0} and not natural["extended"] and speech > 1.0
+    fps = 24
+
+    snug = _dub(tmp_path, fixed + speech / 1.1, "snug")  # needs 1.1×: within max_stretch 1.15
+    assert snug["stretch"]["zh"] == pytest.approx(1.1, abs=1e-3) and not snug["extended"]
+    assert snug["duration_s"] == pytest.approx(np.ceil(round((fixed + speech / 1.1) * fps, 6)) / fps)
+    last = snug["lines"][-1]["timing"]["zh"][1]
+    assert last <= snug["duration_s"] - 0.6 + 0.02  # the stretched speech ends before the tail
+
+    tight = _dub(tmp_path, fixed + speech / 1.5, "tight")  # would need 1.5×: stretched 1.15×, shot extended
+    assert tight["stretch"]["zh"] == pytest.approx(1.15) and tight["extended"]
+    assert tight["duration_s"] == pytest.approx(fixed + speech / 1.15, abs=0.06)
+    assert tight["duration_s"] > fixed + speech / 1.5

@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from models.tts.fit import fit_speech
 from pipeline.job import Job
 from pipeline.script import Script, Shot
 from pipeline.stages import StageCall, StageRun, report_all
 
 VERSION = 1
 SAMPLE_RATE = 48_000
+STRETCH_SLACK_S = 0.05  # a stretched line may run this far into the tail before the shot is extended
 
 
 @dataclass(frozen=True)
@@ -68,12 +70,19 @@ class DubStage:
         natural = {lang: _span(clips, d.lead_in_s, d.gap_s, d.tail_s) for lang, clips in speech.items()}
         stretch = {lang: 1.0 for lang in speech}
         target = shot.duration_s
-        if target is not None:
-            for lang, span in natural.items():
-                if span > target:
-                    stretch[lang] = min(d.max_stretch, span / target)
-                    speech[lang] = [time_stretch(c, stretch[lang]) for c in speech[lang]]
+        if target is not None:  # a fixed-length shot: fit the speech into what lead-in, gaps and tail leave
+            for lang, clips in speech.items():
+                if not clips:
+                    continue
+                fixed = d.lead_in_s + d.gap_s * (len(clips) - 1) + d.tail_s
+                fit = fit_speech(sum(len(c) for c in clips) / SAMPLE_RATE, max(target - fixed, 1e-3),
+                                 max_tempo=d.max_stretch)
+                if fit.stretched:
+                    stretch[lang] = fit.tempo
+                    speech[lang] = [time_stretch(c, fit.tempo) for c in clips]
         spans = [_span(c, d.lead_in_s, d.gap_s, d.tail_s) for c in speech.values()]
+        if target is not None:  # atempo lands within a few ms of the slot: that much comes out of the tail
+            spans = [target if target < span <= target + STRETCH_SLACK_S else span for span in spans]
         duration = max([d.min_shot_s, target or 0.0, *spans])
         frames = math.ceil(round(duration * fps, 6))
         duration = frames / fps
@@ -97,7 +106,7 @@ class DubStage:
         return {"audio": audio, "lines": lines, "duration_s": duration, "frames": frames,
                 "natural_s": {k: round(v, 4) for k, v in natural.items()},
                 "stretch": {k: round(v, 4) for k, v in stretch.items()},
-                "extended": any(s > (target or 0) for s in spans) and target is not None}
+                "extended": target is not None and any(s > target for s in spans)}
 
 
 def _voice(script: Script, job: Job, speaker: str) -> dict[str, str]:
