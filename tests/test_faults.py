@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from pipeline.job import load_job
+from pipeline.money import exact_sum
 from tests import fault_backends  # noqa: F401  (registers the test-* backends)
 from tests.tiny_jobs import check_exactly_once, cli, ledger_entries, places, write_job
 
@@ -289,7 +290,7 @@ def test_mlflow_unreachable_queues_then_flushes_marked_delayed(tmp_path, ray_ses
     from pipeline.metering.mlflow_queue import reachable
 
     port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
+    uri = f"http://alice:pw-{port}-never-on-disk@127.0.0.1:{port}"  # credentials in the URI stay out of the queue
     monkeypatch.setenv("MICRODRAMA_MLFLOW_QUEUE", str(tmp_path / "queue"))
     path = write_job(tmp_path / "job")
     ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
@@ -301,6 +302,7 @@ def test_mlflow_unreachable_queues_then_flushes_marked_delayed(tmp_path, ray_ses
     queued = list((tmp_path / "queue").glob("*.json"))
     payload = json.loads(queued[0].read_text()) if len(queued) == 1 else {}
     assert payload["manifest"]["run_id"] == manifest["run_id"] and "does not answer" in payload["reason"]
+    assert payload["tracking_uri"] == f"http://127.0.0.1:{port}" and "never-on-disk" not in queued[0].read_text()
     assert "1 run(s) queued" in cli("mlflow", "pending").output
     assert cli("mlflow", "flush").exit_code == 1  # still down: kept
 
@@ -313,18 +315,21 @@ def test_mlflow_unreachable_queues_then_flushes_marked_delayed(tmp_path, ray_ses
         while not reachable(uri, 1.0) and time.monotonic() < deadline:
             assert server.poll() is None, "the MLflow server did not start"
             time.sleep(0.5)
+        # the next run to the same server flushes the queue before logging itself
+        second = write_job(tmp_path / "job2", episode="ep02")
+        res = cli("run", str(second), *places(tmp_path), "--quiet", "--ledger", ledger, "--tracking-uri", uri)
+        assert res.exit_code == 0, res.output
+        assert not queued[0].exists() and "0 run(s) queued" in cli("mlflow", "pending").output
         flushed = cli("mlflow", "flush")
-        assert flushed.exit_code == 0 and "1 run(s) flushed, 0 still queued" in flushed.output, flushed.output
+        assert flushed.exit_code == 0 and "0 run(s) flushed, 0 still queued" in flushed.output, flushed.output
         report = rows(uri, "fault-drama")
     finally:
         server.terminate()
         server.wait(timeout=30)
-    total = [r for r in report if r["stage"] == "TOTAL"]
-    assert len(total) == 1 and not queued[0].exists()
-    assert {r["delayed"] for r in report} == {payload["queued_at"]}  # finance sees which runs came late
-    ledger_total = sum((Decimal(e.body["amount"]) for e in ledger_entries(ledger, "cost")), Decimal(0))
-    # equal to the fen, and far below it (sums of 28-digit Decimals differ only in their last digit)
-    assert Decimal(total[0]["cost.total_cny"]).quantize(FINE) == ledger_total.quantize(FINE)
+    total = {r["episode"]: r for r in report if r["stage"] == "TOTAL"}
+    assert sorted(total) == ["ep01", "ep02"]
+    assert {r["delayed"] for r in report if r["episode"] == "ep01"} == {payload["queued_at"]}  # finance sees
+    assert {r["delayed"] for r in report if r["episode"] == "ep02"} == {""}                  # which came late
+    ledger_total = exact_sum(e.body["amount"] for e in ledger_entries(ledger, "cost", episode="ep01"))
+    assert Decimal(total["ep01"]["cost.total_cny"]) == ledger_total  # to the last digit the ledger carries
 
-
-FINE = Decimal("1e-20")

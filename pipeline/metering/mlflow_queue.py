@@ -36,7 +36,8 @@ def _enqueue(tracking_uri: str, job: Any, manifest: dict, usage: list[dict], cos
              out_dir: Path, checkpoint: dict | None, reason: str) -> Path:
     q = queue_dir()
     q.mkdir(parents=True, exist_ok=True)
-    payload = {"tracking_uri": tracking_uri, "job": job.model_dump(mode="json"), "manifest": manifest,
+    # the server without credentials: never a password in a file on disk (flush takes them from the caller)
+    payload = {"tracking_uri": _safe(tracking_uri), "job": job.model_dump(mode="json"), "manifest": manifest,
                "usage": usage, "costs": costs, "out_dir": str(out_dir), "checkpoint": checkpoint,
                "queued_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "reason": reason[:500]}
     tmp = q / f".{uuid.uuid4().hex}.tmp"
@@ -59,8 +60,13 @@ def flush(tracking_uri: str | None = None) -> list[str]:
     logged = []
     for path in pending():
         payload = json.loads(path.read_text(encoding="utf-8"))
-        uri = tracking_uri or payload["tracking_uri"]
-        if uri != payload["tracking_uri"]:
+        # the queue keeps the server without credentials: they come back from the caller or the environment
+        given = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if given and _safe(given) == payload["tracking_uri"]:
+            uri = given
+        else:
+            uri = None if tracking_uri else payload["tracking_uri"]
+        if uri is None:
             continue
         if not reachable(uri):
             break  # still down: keep the queue as it is
