@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -513,3 +514,41 @@ def test_postgres_store_same_semantics(pg_url, tmp_path):
             conn.execute("DELETE FROM ledger_entries WHERE idx = 2")
         report = led.verify()
         assert not report.ok and report.first_bad_index == 2
+
+
+def test_bill_idle_time_of_a_rented_node(tmp_path):
+    """OpenCost's idle line: 1 H100 rented 2 h, stages on it held it 0.5 h -> 1.5 GPU-h idle at 12.00/h,
+    appended once however often it is billed; usage on other nodes or outside the rental does not count."""
+    from pipeline.metering.sink import ledger_items
+    from pipeline.metering.usage import UsageRecord
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+
+    def record(key: str, node: str, started: str, ended: str) -> UsageRecord:
+        return UsageRecord(job="job-1", drama="d", episode="ep01", stage="video", shot="s01", backend="wan",
+                           started=started, ended=ended, wall_s=1800.0, cpu_s=10.0, cpus=1.0, gpus=1.0,
+                           gpu_s=1800.0, gpu_model="NVIDIA H100 80GB HBM3", node=node, idempotency_key=key)
+
+    with Ledger.open(url) as led:
+        for key, node, started, ended in (("a", "gpu-a", "2026-03-02T08:30:00+08:00", "2026-03-02T09:00:00+08:00"),
+                                          ("b", "gpu-b", "2026-03-02T08:30:00+08:00", "2026-03-02T09:00:00+08:00"),
+                                          ("c", "gpu-a", "2026-03-02T11:00:00+08:00", "2026-03-02T11:30:00+08:00")):
+            led.append_many(ledger_items(record(key, node, started, ended)))
+        size = led.size()
+    args = ["bill-idle", "--node", "gpu-a", "--gpu-model", "NVIDIA H100 80GB HBM3", "--gpus", "1",
+            "--from", "2026-03-02T08:00:00+08:00", "--to", "2026-03-02T10:00:00+08:00", "--drama", "d",
+            "--ledger", url, "--json"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    data = json.loads(first.output)
+    assert data["records"] == 1 and Decimal(data["allocated_gpu_hours"]) == Decimal("0.5")
+    (idle,) = data["idle"]
+    assert idle["kind"] == "idle" and Decimal(idle["quantity"]) == Decimal("1.5")
+    assert Decimal(idle["amount"]) == Decimal("18.00") and idle["drama"] == "d" and idle["node"] == "gpu-a"
+    again = json.loads(CliRunner().invoke(app, args).output)
+    assert again["idle"][0]["index"] == idle["index"] == size  # billed once
+    with Ledger.open(url) as led:
+        assert led.size() == size + 1 and led.verify().ok
+    over = CliRunner().invoke(app, [*args[:8], "2026-03-02T08:29:00+08:00", "--to", "2026-03-02T08:40:00+08:00",
+                                    *args[11:]])  # 11 minutes rented, 30 used: the inputs disagree
+    assert over.exit_code == 2 and "allocated" in over.output

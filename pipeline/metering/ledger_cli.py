@@ -5,6 +5,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -139,3 +140,55 @@ def show(ledger: str | None = LedgerOpt,
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+def _when(text: str, option: str) -> Any:
+    import datetime as dt
+
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not an ISO-8601 time, e.g. 2026-03-02T08:00:00+08:00",
+                                 param_hint=option) from None
+    if t.tzinfo is None:
+        raise typer.BadParameter(f"{text!r} has no timezone; write it like 2026-03-02T08:00:00+08:00",
+                                 param_hint=option)
+    return t
+
+
+@app.command("bill-idle")
+def bill_idle(node: str = typer.Option(..., "--node", help="The rented node, as usage records name it (its hostname)"),
+              gpu_model: str = typer.Option(..., "--gpu-model", help="e.g. 'NVIDIA H100 80GB HBM3' (priced by "
+                                            "configs/prices)"),
+              gpus: int = typer.Option(..., "--gpus", min=1, help="GPUs rented on the node"),
+              start: str = typer.Option(..., "--from", help="Rental start, ISO-8601 with timezone"),
+              end: str = typer.Option(..., "--to", help="Rental end, ISO-8601 with timezone"),
+              drama: str = typer.Option("", "--drama", help="Attribute the idle time to this drama (default: "
+                                        "the company, no drama)"),
+              ledger: str | None = LedgerOpt, key_file: Path | None = KeyOpt,
+              as_json: bool = typer.Option(False, "--json")) -> None:
+    """Bill a rented GPU node's idle time as its own cost line (OpenCost: idle = GPUs × rental hours − the
+    GPU-hours allocated to stages that started on the node in the rental). Appending it again for the same
+    node and rental start changes nothing."""
+    from pipeline.metering.costs import _CTX, idle_lines
+    from pipeline.metering.prices import PriceError
+    from pipeline.metering.sink import price_book
+    from pipeline.money import exact_sum, money
+
+    t0, t1 = _when(start, "--from"), _when(end, "--to")
+    with _session(ledger, key_file) as led:
+        records = [e.body for e in led.entries(kind="usage")
+                   if e.body.get("node") == node and t0 <= _when(e.body["started"], "started") < t1]
+        allocated = _CTX.divide(exact_sum(money(r["gpu_s"]) for r in records), 3600)
+        try:
+            lines = idle_lines(node, gpu_model, gpus, t0, t1, allocated, price_book(), drama=drama)
+        except PriceError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        entries = [led.append("cost", line.model_dump(mode="json"), line.usage_key) for line in lines]
+    data = {"node": node, "records": len(records), "allocated_gpu_hours": str(allocated),
+            "idle": [{**line.model_dump(mode="json"), "index": e.index} for line, e in zip(lines, entries)]}
+    text = [f"{node}: {len(records)} usage record(s), {allocated} GPU-h allocated"]
+    text += [f"idle {line.quantity} GPU-h × {line.rate} = {line.amount_fen} CNY (entry {e.index})"
+             for line, e in zip(lines, entries)] or ["nothing idle"]
+    _emit(data, as_json, text)
