@@ -579,3 +579,54 @@ def test_a_search_out_of_budget_says_so_in_the_trace(monkeypatch):
     for pid in (AI, IP):
         assert any("without proving it the best" in t and "[" in t for t in prog(result, pid)["trace"])
     assert Decimal(result["total"]) == Decimal("2000000.00")  # both caps still filled by the local search
+
+
+# ---------------------------------------------------------------- caps and limits at and around their edges
+LS = "tongzhou.location_shoot"
+
+
+@pytest.mark.parametrize("spend, expected", [
+    ("1666666.63", "499999.99"),   # just under the 500,000 cap: 499999.989
+    ("1666666.67", "500000.00"),   # 500000.001 -> cap
+    ("1666666.66", "500000.00"),   # 499999.998 rounds to the cap
+])
+def test_tongzhou_location_shoot_at_its_cap(spend, expected):
+    d = drama("d", shooting_days={"tongzhou": 9, "total": 10}, costs={"local_spend": {"tongzhou": spend}})
+    assert paid(tz(d), LS) == {"d": expected}
+
+
+@pytest.mark.parametrize("crews", [20, 21])
+def test_tongzhou_location_shoot_at_most_20_crews_a_year(crews):
+    works = [drama(f"w{i:02}", launched=f"2026-03-{i + 1:02}", shooting_days={"tongzhou": 6, "total": 10},
+                   costs={"local_spend": {"tongzhou": str(100000 + i)}}) for i in range(crews)]
+    programme = prog(tz(*works), LS)
+    assert len(programme["by_drama"]) == 20
+    if crews == 21:  # the smallest ask (w00: 0.30 x 100,000) is the one left out
+        assert programme["excluded"] == {"w00": "company limit: 20 dramas per year"}
+        assert "w00" not in programme["by_drama"]
+    assert programme["total"] == str(sum(D(programme["by_drama"][w]) for w in programme["by_drama"]))
+
+
+def test_datong_local_theme_company_cap_of_1m():
+    works = [drama(f"d{i}", launched=f"2026-0{i + 1}-01", licence_no="L", revenue_share="500000",
+                   local_runtime_share={"datong": "0.5"}, costs={"local_spend": {"datong": "6000000"}})
+             for i in range(3)]
+    programme = prog(dt_(*works), LT)
+    assert programme["by_drama"] == {"d0": "500000.00", "d1": "500000.00"} and programme["total"] == "1000000.00"
+    assert programme["excluded"]["d2"] == "company-year cap 1000000 reached"  # launched last
+
+
+@pytest.mark.parametrize("current, expected", [
+    ("33333333.30", "9999999.99"),     # increase x 0.30 just under the 10,000,000 cap
+    ("33333333.34", "10000000.00"),    # 10000000.002 -> cap
+])
+def test_tongzhou_rd_increment_at_its_cap(current, expected):
+    result = tz(rd_spend=current, rd_spend_previous="0", rd_key_project=True)
+    assert prog(result, "tongzhou.rd_increment")["total"] == expected
+
+
+@pytest.mark.parametrize("spend, expected", [
+    ("19999999.90", "1999999.99"), ("20000000", "2000000.00"), ("20000000.10", "2000000.00"),
+])
+def test_datong_rd_at_its_one_off_cap(spend, expected):
+    assert prog(dt_(rd_spend=spend), "datong.rd")["total"] == expected
