@@ -162,7 +162,7 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
                 vid = sub.submit("video", StageCall(shot.id, {"shot": shot}), storyboard=sb, dub=dub)
                 per_shot[shot.id] = {"storyboard": sb, "dub": dub, "video": vid}
             for stage in SHOT_STAGES:
-                done = progress.wait(stage, [per_shot[s.id][stage] for s in shots])
+                done = progress.wait(stage, [per_shot[s.id][stage] for s in shots], [s.id for s in shots])
                 for shot, res in zip(shots, done):
                     per_shot[shot.id][stage] = res
                 sub.release(stage)  # e.g. the storyboard model's CPU/GPU goes to the video model

@@ -155,3 +155,44 @@ def test_error_texts_are_printed_verbatim_not_as_markup(capsys) -> None:
     with pytest.raises(typer.Exit):
         cli_mod._fail(RuntimeError(text), 1)
     assert text in capsys.readouterr().err
+
+
+def test_progress_shows_each_stage_and_each_shot(ray_session) -> None:
+    """One bar per stage with one mark per shot: rendered, cached, retried; --quiet draws nothing."""
+    import io
+
+    from rich.console import Console
+
+    from pipeline.progress import Progress
+
+    @ray_session.remote
+    def result(cache_hit: bool, attempts: int) -> dict:
+        return {"cache_hit": cache_hit, "attempts": attempts}
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=160)
+    with Progress(title="drama/ep01", console=console) as progress:
+        got = progress.wait("video", [result.remote(False, 1), result.remote(True, 1), result.remote(False, 2)],
+                            ["s01-sh01", "s01-sh02", "s01-sh03"])
+    assert [r["attempts"] for r in got] == [1, 1, 2]
+    text = out.getvalue()
+    assert "drama/ep01 video" in text and "3/3" in text
+    assert "■□!" in text and "cached 1" in text and "retried 1" in text
+
+    quiet = io.StringIO()
+    with Progress(quiet=True, console=Console(file=quiet)) as progress:
+        progress.wait("video", [result.remote(False, 1)], ["s01-sh01"])
+    assert quiet.getvalue() == ""
+
+
+def test_quiet_run_prints_only_the_episode_path(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    shutil.copytree(DEMO, job)
+    res = run_cli("run", str(job / "job.yaml"), f"output_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}",
+                  "stages.storyboard.width=144", "stages.storyboard.height=256", "stages.video.width=144",
+                  "stages.video.height=256", "stages.video.fps=8", "stages.edit.preset=ultrafast", "--quiet",
+                  "--ledger", f"sqlite:///{tmp_path / 'ledger.db'}", "--tracking-uri",
+                  f"sqlite:///{tmp_path / 'mlflow.db'}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [str(tmp_path / "out" / "ceo-stand-in" / "ep01" / "episode.mp4")]
+    assert "━" not in res.stderr and "video" not in res.stderr  # no progress bars
