@@ -94,6 +94,28 @@ def test_visible_label_on_opening_frames(demo_run) -> None:
 
     with_label, after = region(1.0), region(demo_run["first"]["duration_s"] - 0.5)
     assert np.abs(with_label - after).mean() > 5  # the label changes the pixels there
+    # Against the same frame of the shot's own clip (before the edit drew anything): at 1.9 s the label
+    # makes the region differ, 0.4 s after label_seconds only the encode does.
+    import json
+
+    from pipeline.cache import Cache
+
+    edit = Cache(demo_run["work"] / "cache").get(demo_run["first"]["cache"]["edit_key"])
+    clip = json.loads(Path(edit["inputs"]).read_text(encoding="utf-8"))["shots"][0]["clip"]
+    w, h = demo_run["job"].stages.edit.width, demo_run["job"].stages.edit.height
+
+    def unlabelled(t: float) -> "np.ndarray":
+        vf = (f"scale={w}:{h}:force_original_aspect_ratio=increase:flags=lanczos,crop={w}:{h},"
+              "crop=400:200:680:60")
+        raw = subprocess.run(["ffmpeg", "-v", "error", "-ss", str(t), "-i", clip, "-frames:v", "1", "-vf", vf,
+                              "-f", "rawvideo", "-pix_fmt", "gray", "-"], capture_output=True, check=True).stdout
+        return np.frombuffer(raw, dtype=np.uint8).astype(float)
+
+    end = demo_run["job"].stages.edit.label_seconds
+    assert end >= 2.0 and demo_run["first"]["shots"][0]["duration_s"] > end + 0.5
+    labelled = np.abs(region(1.9) - unlabelled(1.9)).mean()
+    plain = np.abs(region(end + 0.4) - unlabelled(end + 0.4)).mean()
+    assert labelled > 5 and labelled > 4 * plain, (labelled, plain)
 
 
 def test_second_run_is_served_from_cache(demo_run) -> None:
