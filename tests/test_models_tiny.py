@@ -365,3 +365,14 @@ def test_cli_validates_a_treatment_for_a_screenwriter(tmp_path):
     assert res.exit_code == 0 and "beats=3 (treatment)" in res.output, res.output
     res = cli("validate", str(tmp_path / "job.yaml"), f"output_dir={tmp_path / 'out'}", "stages.script.backend=fountain")
     assert res.exit_code == 2 and "no scene headings" in res.output
+
+
+def test_wan22_names_its_weights_and_takes_704x1280():
+    from models.hub import WeightsMissing
+    from models.video.diffusers_video import SPECS
+
+    with pytest.raises(WeightsMissing, match="Wan-AI/Wan2.2-TI2V-5B-Diffusers.*stages.video.options.weights_dir"):
+        resolve("video", "wan2.2-ti2v-5b")()
+    spec = SPECS["wan2.2-ti2v-5b"]
+    assert 704 % spec.multiple == 0 and 1280 % spec.multiple == 0 and 720 % spec.multiple != 0  # 720×1280 is not
+    assert set(spec.modes) == {"i2v", "t2v"} and spec.max_frames == 121  # 5 s at 24 fps

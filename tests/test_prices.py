@@ -132,3 +132,24 @@ def test_money_is_exact():
         money(float("nan"))
     with pytest.raises(TypeError):
         money(True)
+
+
+def test_every_model_backend_reports_only_priced_tools():
+    """What each diffusers/TTS backend reports to the meter has a price item (0 for local models), so a real
+    run never stops at pricing: video seconds, steps and frames; images and steps; characters and speech."""
+    import datetime as dt
+
+    from models.image.diffusers_t2i import SPECS as IMAGE
+    from models.tts.vits import SPECS as VOICES
+    from models.video.diffusers_video import SPECS as VIDEO
+    from pipeline.metering.sink import price_book
+
+    book, at = price_book(), dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
+    wanted = [(f"{name}{suffix}", unit) for name in VIDEO for suffix, unit in (("", "second"), (":step", "step"),
+                                                                              (":frame", "frame"))]
+    wanted += [(f"{name}{suffix}", unit) for name in IMAGE for suffix, unit in (("", "image"), (":step", "step"))]
+    wanted += [(f"{name}{suffix}", unit) for name in VOICES for suffix, unit in (("", "char"), (":audio", "second"))]
+    wanted += [("espeak-ng", "char"), ("espeak-ng:audio", "second"), ("piper:en_US-joe-medium", "char"),
+               ("piper:en_US-joe-medium:audio", "second")]
+    for item, unit in wanted:
+        assert book.price_for(item, at).unit == unit, item

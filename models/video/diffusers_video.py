@@ -56,6 +56,10 @@ SPECS = {
     "wan2.1-t2v-1.3b": VideoSpec("wan2.1-t2v-1.3b", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "wan", ("t2v",),
                                  steps=50, guidance=5.0, frame_step=4, multiple=16, max_frames=81,
                                  dtype="bfloat16", num_gpus=1),
+    # Wan2.2's dense 5B text+image-to-video model at 704×1280 (its VAE compresses 16× and patchifies 2×: /32)
+    "wan2.2-ti2v-5b": VideoSpec("wan2.2-ti2v-5b", "Wan-AI/Wan2.2-TI2V-5B-Diffusers", "wan", ("i2v", "t2v"),
+                                steps=50, guidance=5.0, frame_step=4, multiple=32, max_frames=121,
+                                dtype="bfloat16", num_gpus=1),
     "ltx-video": VideoSpec("ltx-video", "Lightricks/LTX-Video", "ltx", ("i2v", "t2v"), steps=50, guidance=3.0,
                            frame_step=8, multiple=32, max_frames=161, dtype="bfloat16", num_gpus=1),
 }
@@ -255,6 +259,11 @@ class Wan21I2V480P(DiffusersVideo):
 
 class Wan21T2V13B(DiffusersVideo):
     spec = SPECS["wan2.1-t2v-1.3b"]
+    num_gpus = 1
+
+
+class Wan22TI2V5B(DiffusersVideo):
+    spec = SPECS["wan2.2-ti2v-5b"]
     num_gpus = 1
 
 
