@@ -41,9 +41,9 @@ def work(tmp_path_factory):
                           "stages.video.resources={render: 1}"]}  # video only where `render` is
 
 
-def _submit(cluster: LocalCluster, work: dict, address: str, *extra: str) -> dict:
+def _submit(cluster: LocalCluster, work: dict, address: str, *extra: str, jobs=None) -> dict:
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "submit", str(work["jobs"]), *work["overrides"], "--address", address,
+        [sys.executable, "-m", "pipeline.cli", "submit", str(jobs or work["jobs"]), *work["overrides"], "--address", address,
          "--ledger", work["ledger"], "--tracking-uri", work["tracking"], *extra],
         env=cluster.env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -127,6 +127,12 @@ def test_ray_client_runs_the_same_batch_from_cache(submitted, cluster, work) -> 
     for e in again["episodes"]:
         assert e["cache"]["all_cached"] is True
         assert all(u.body["cache_hit"] for u in _usage(work, e["run_id"]))
+
+
+def test_a_single_job_file_is_submitted_as_well(submitted, cluster, work) -> None:
+    one = _submit(cluster, work, cluster.dashboard_url, "--wait", jobs=work["jobs"] / "ep02" / "job.yaml")
+    assert one["ok"] is True and [e["episode"] for e in one["episodes"]] == ["ep02"]
+    assert one["episodes"][0]["cache"]["all_cached"] is True  # the batch rendered it already
 
 
 def test_submit_checks_jobs_and_urls_before_contacting_the_cluster(tmp_path) -> None:

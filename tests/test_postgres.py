@@ -98,8 +98,22 @@ def test_finance_report_comes_from_the_mlflow_server(two_episodes, mlflow_server
         assert total["run_id"] == two_episodes["mlflow_runs"][manifest["run_id"]].info.run_id
         stages = {r["stage"] for r in data if r["episode"] == manifest["episode"] and r["stage"] != "TOTAL"}
         assert stages == {"script", "translate", "storyboard", "dub", "video", "edit"}, data
-        # the same money as the ledger's cost lines (summed per stage first: equal to ~28 significant digits)
-        assert abs(Decimal(total["cost.total_cny"]) - Decimal(manifest["cost"]["exact_cny"])) < Decimal("1e-24")
+        # the same money as the ledger's cost lines, to the last digit (every total is an exact sum)
+        assert Decimal(total["cost.total_cny"]) == Decimal(manifest["cost"]["exact_cny"])
+
+
+def test_report_command_pulls_from_the_server(two_episodes, mlflow_server, tmp_path) -> None:  # noqa: F811
+    import csv
+
+    from tests.tiny_jobs import cli
+
+    out = tmp_path / "report.csv"
+    res = cli("report", "--drama", DRAMA, "--format", "csv", "--out", str(out), "--tracking-uri", mlflow_server.url)
+    assert res.exit_code == 0, res.output
+    with out.open(encoding="utf-8") as fh:
+        totals = {r["episode"]: r for r in csv.DictReader(fh) if r["stage"] == "TOTAL"}
+    assert {m["episode"]: Decimal(m["cost"]["exact_cny"]) for m in two_episodes["manifests"]} == \
+        {e: Decimal(r["cost.total_cny"]) for e, r in totals.items()}
 
 
 def test_artifacts_are_served_by_the_mlflow_server(two_episodes, mlflow_server) -> None:  # noqa: F811
