@@ -232,3 +232,27 @@ def test_dub_time_stretches_within_the_limit_then_extends_the_shot(tmp_path):
     assert tight["stretch"]["zh"] == pytest.approx(1.15) and tight["extended"]
     assert tight["duration_s"] == pytest.approx(fixed + speech / 1.15, abs=0.06)
     assert tight["duration_s"] > fixed + speech / 1.5
+
+
+def test_panel_places_the_shots_characters(tmp_path):
+    """Figures are drawn for the characters in the shot: two people change far more of the frame's middle
+    (where figures stand; header and caption bands excluded) than one, and none leaves it to the set."""
+    def middle(shot: Shot, name: str) -> np.ndarray:
+        return np.asarray(Image.open(render_panel(tmp_path, shot, name, (540, 960))), np.int16)[300:800]
+
+    nobody = middle(make_shot(characters=(), lines=()), "0.png")
+    one = middle(make_shot(characters=("林小雨",), lines=()), "1.png")
+    two = middle(make_shot(characters=("林小雨", "陈默"), lines=()), "2.png")
+    changed = lambda a, b: np.count_nonzero(np.abs(a - b).sum(-1) > 60)  # noqa: E731
+    assert changed(one, nobody) > 5000 and changed(two, nobody) > changed(one, nobody) + 2000
+
+
+def test_shot_durations_follow_the_dialogue(tmp_path):
+    """Without a duration note a shot lasts as long as its dialogue: lead-in + speech + gaps + tail, snapped
+    up to whole frames, never under min_shot_s."""
+    fps, longer = 24, _dub(tmp_path, None, "two-lines")
+    assert longer["duration_s"] == pytest.approx(np.ceil(round(longer["natural_s"]["zh"] * fps, 6)) / fps)
+    assert longer["duration_s"] * fps == pytest.approx(round(longer["duration_s"] * fps))
+    timing = [line["timing"]["zh"] for line in longer["lines"]]
+    assert timing[0][0] == pytest.approx(0.4) and timing[1][0] == pytest.approx(timing[0][1] + 0.25, abs=1e-3)
+    assert longer["duration_s"] >= timing[1][1] + 0.6 - 1e-6 and longer["duration_s"] >= 1.5
