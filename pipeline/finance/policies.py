@@ -13,26 +13,12 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from pipeline.errors import UserError
 from pipeline.finance.datafiles import YamlError, error_lines, load_exact_file
-from pipeline.money import D
 from pipeline.finance.scenario import (COMPANY_FLAGS, COMPANY_NUMBERS, DISTRICTS, DRAMA_FLAGS,
-                                       DRAMA_NUMBERS, DRAMA_TEXTS, District)
+                                       DRAMA_NUMBERS, DRAMA_TEXTS, District, _non_negative, _number)
 
 
 class PolicyError(UserError):
     """One or more policy files do not validate; `problems` names each file and field path."""
-
-
-def _number(value: Any) -> Decimal:
-    try:
-        return D(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(str(err)) from None
-
-
-def _non_negative(value: Decimal) -> Decimal:
-    if value < 0:
-        raise ValueError(f"must be >= 0, got {value}")
-    return value
 
 
 def _fraction(value: Decimal) -> Decimal:
