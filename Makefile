@@ -41,4 +41,4 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 clean:
-	rm -rf out .cache mlflow.db ledger.db mlruns
+	rm -rf out .cache mlflow.db ledger.db ledger.db-shm ledger.db-wal ledger.key ledger.pub mlruns mlartifacts
