@@ -65,16 +65,17 @@ class NoSpaceVideo(CameraMoveVideo):
 
 
 class SlowVideo(CameraMoveVideo):
-    """Camera-move video that takes `delay_s` longer (room for a test to kill the driver mid-episode)."""
+    """Camera-move video that takes `delay_s` longer (room for a test to kill the driver mid-episode); with
+    `stagger`, shot n takes n × delay_s, so when one shot finishes the next is still half-way."""
 
     resident = False
 
-    def __init__(self, *, delay_s: float = 2.0, **options: Any) -> None:
+    def __init__(self, *, delay_s: float = 2.0, stagger: bool = False, **options: Any) -> None:
         super().__init__(**options)
-        self.delay_s = float(delay_s)
+        self.delay_s, self.stagger = float(delay_s), bool(stagger)
 
     def render(self, shot, keyframe, out_path, **kwargs) -> BackendResult:
-        time.sleep(self.delay_s)
+        time.sleep(self.delay_s * (shot.index if self.stagger else 1))
         return super().render(shot, keyframe, out_path, **kwargs)
 
 

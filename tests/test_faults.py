@@ -71,7 +71,7 @@ def test_killed_driver_resumes_from_cache_and_bills_once(tmp_path, ray_session, 
     monkeypatch.chdir(tmp_path)
     shots = 4
     path = write_job(tmp_path / "job", shots=shots, stages={"video": {"backend": "test-slow",
-                                                                       "options": {"delay_s": 2.5}}})
+                                                                       "options": {"delay_s": 2.0, "stagger": True}}})
     env = urls(tmp_path)
     args = ["run", str(path), *places(tmp_path), "--quiet", "--ledger", env["ledger_url"],
             "--tracking-uri", env["tracking_uri"]]
