@@ -212,6 +212,49 @@ def wan_i2v(seed: int = 0) -> Any:
     return cached("wan-i2v", seed, _build_wan_i2v)
 
 
+def _ltx_components() -> dict[str, Any]:
+    """T5 encoder, LTX-Video VAE (8× spatial and temporal compression: 8k+1 frames, sizes /32) and a 1-layer
+    LTX DiT, the shapes of diffusers' own fast tests with one more scaling level."""
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXVideoTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    tok = t5_tokenizer()
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=37, num_layers=2,
+                                           num_heads=4, relative_attention_num_buckets=8))
+    transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                             num_attention_heads=4, attention_head_dim=8, cross_attention_dim=32,
+                                             num_layers=1, caption_channels=32)
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, True, False),
+        decoder_spatio_temporal_scaling=(True, True, True, False), decoder_inject_noise=(False,) * 5,
+        upsample_residual=(False,) * 4, upsample_factor=(1,) * 4, timestep_conditioning=False, patch_size=1,
+        patch_size_t=1, encoder_causal=True, decoder_causal=False)
+    vae.use_framewise_encoding = vae.use_framewise_decoding = False
+    _eval(text_encoder, transformer, vae)
+    return {"tokenizer": tok, "text_encoder": text_encoder, "transformer": transformer, "vae": vae,
+            "scheduler": FlowMatchEulerDiscreteScheduler()}
+
+
+def _build_ltx(seed: int, image: bool) -> Any:
+    from diffusers import LTXImageToVideoPipeline, LTXPipeline
+
+    pipe = (LTXImageToVideoPipeline if image else LTXPipeline)(**_ltx_components())  # seeded by `cached`
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def ltx_t2v(seed: int = 0) -> Any:
+    """Tiny LTX-Video text-to-video pipeline."""
+    return cached("ltx-t2v", seed, lambda s: _build_ltx(s, image=False))
+
+
+def ltx_i2v(seed: int = 0) -> Any:
+    """Tiny LTX-Video image-to-video pipeline (the same modules, conditioned on the keyframe)."""
+    return cached("ltx-i2v", seed, lambda s: _build_ltx(s, image=True))
+
+
 # ---------------------------------------------------------------- image: FLUX.1
 
 def _build_flux(seed: int) -> Any:

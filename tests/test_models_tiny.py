@@ -376,3 +376,23 @@ def test_wan22_names_its_weights_and_takes_704x1280():
     spec = SPECS["wan2.2-ti2v-5b"]
     assert 704 % spec.multiple == 0 and 1280 % spec.multiple == 0 and 720 % spec.multiple != 0  # 720×1280 is not
     assert set(spec.modes) == {"i2v", "t2v"} and spec.max_frames == 121  # 5 s at 24 fps
+
+
+@pytest.mark.parametrize("mode", ["i2v", "t2v"])
+def test_ltx_tiny_writes_exact_lossless_clip_with_8k_plus_1_frames(tmp_path, mode):
+    """The tiny LTX-Video pipelines (T5, LTX VAE, LTX DiT built in code) through the same backend code as
+    the published LTX-Video: 8k+1 frames generated, the shot's exact frame count kept, sizes /32."""
+    key = tmp_path / "key.png"
+    Image.new("RGB", (288, 512), (40, 90, 160)).save(key)
+    backend = resolve("video", "ltx-tiny")(mode=mode)
+    r = backend.render(SHOTS[0], key, tmp_path / "a.mkv", duration_s=1.25, fps=8, width=288, height=512, seed=3)
+    assert r.outputs == {"clip": str(tmp_path / "a.mkv"), "frames": 10, "width": 288, "height": 512}
+    assert r.params["frames_generated"] == 17 and r.params["frames_rule"] == "8k+1"
+    assert r.params["model"] == "tiny-random-ltx-video(seed=0)" and r.params["mode"] == mode
+    assert _tools(r) == {"ltx-tiny": ("second", 1.25), "ltx-tiny:step": ("step", 2), "ltx-tiny:frame": ("frame", 17)}
+    frames, digest = _decoded_digest(tmp_path / "a.mkv")
+    again = backend.render(SHOTS[0], key, tmp_path / "b.mkv", duration_s=1.25, fps=8, width=288, height=512, seed=3)
+    assert frames == 10 and (frames, digest) == _decoded_digest(Path(again.outputs["clip"]))
+    assert backend.loads == 1
+    with pytest.raises(ValueError, match="multiples of 32"):
+        backend.render(SHOTS[0], key, tmp_path / "c.mkv", duration_s=1.0, fps=8, width=144, height=256, seed=3)

@@ -1,4 +1,4 @@
-"""Video backends on diffusers (Wan2.1 image/text-to-video, LTX-Video, tiny Wan): a lossless clip per shot.
+"""Video backends on diffusers (Wan2.1/2.2, LTX-Video, tiny Wan and LTX): image or text to a lossless clip per shot.
 
 Wan generates 4k+1 frames (LTX 8k+1), so the frame count the shot needs, round(duration_s × fps), is
 rounded up to the next valid count, generated, and the clip keeps exactly the frames the contract asks
@@ -60,6 +60,8 @@ SPECS = {
     "wan2.2-ti2v-5b": VideoSpec("wan2.2-ti2v-5b", "Wan-AI/Wan2.2-TI2V-5B-Diffusers", "wan", ("i2v", "t2v"),
                                 steps=50, guidance=5.0, frame_step=4, multiple=32, max_frames=121,
                                 dtype="bfloat16", num_gpus=1),
+    "ltx-tiny": VideoSpec("ltx-tiny", None, "ltx", ("i2v", "t2v"), steps=2, guidance=3.0, frame_step=8,
+                          multiple=32, max_frames=97),
     "ltx-video": VideoSpec("ltx-video", "Lightricks/LTX-Video", "ltx", ("i2v", "t2v"), steps=50, guidance=3.0,
                            frame_step=8, multiple=32, max_frames=161, dtype="bfloat16", num_gpus=1),
 }
@@ -155,7 +157,9 @@ class DiffusersVideo:
             if self.model_id is None:
                 from models import tiny
 
-                self._pipe = tiny.wan_i2v(self.tiny_seed) if self.mode == "i2v" else tiny.wan_t2v(self.tiny_seed)
+                build = {("wan", "i2v"): tiny.wan_i2v, ("wan", "t2v"): tiny.wan_t2v,
+                         ("ltx", "i2v"): tiny.ltx_i2v, ("ltx", "t2v"): tiny.ltx_t2v}[(self.spec.family, self.mode)]
+                self._pipe = build(self.tiny_seed)
             else:
                 self._pipe = self._load_real()
             if self.shift is not None:  # a new pipeline object over the same modules: cached ones stay as built
@@ -241,7 +245,8 @@ class DiffusersVideo:
             ai_usage=({"tool": s.name, "unit": "second", "quantity": round(needed / fps, 6)},
                       {"tool": f"{s.name}:step", "unit": "step", "quantity": self.steps},
                       {"tool": f"{s.name}:frame", "unit": "frame", "quantity": len(video)}),
-            params={"model": self.model_id or f"tiny-random-wan2.1(seed={self.tiny_seed})", "mode": self.mode,
+            params={"model": self.model_id or f"tiny-random-{'wan2.1' if s.family == 'wan' else 'ltx-video'}"
+                                              f"(seed={self.tiny_seed})", "mode": self.mode,
                     "steps": self.steps, "guidance": self.guidance, "seed": seed, "fps": fps,
                     "frames_needed": needed, "frames_generated": len(video),
                     "frames_rule": f"{s.frame_step}k+1", "retimed": len(video) < needed,
@@ -265,6 +270,10 @@ class Wan21T2V13B(DiffusersVideo):
 class Wan22TI2V5B(DiffusersVideo):
     spec = SPECS["wan2.2-ti2v-5b"]
     num_gpus = 1
+
+
+class LTXTiny(DiffusersVideo):
+    spec = SPECS["ltx-tiny"]
 
 
 class LTXVideo(DiffusersVideo):
