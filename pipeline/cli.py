@@ -45,7 +45,7 @@ def validate(job: Path = typer.Argument(..., help="Episode job YAML"),
     """Check a job (schema, profile, backends, screenplay) without running anything."""
     from pipeline import screenplay
     from pipeline.job import load_job
-
+    from pipeline.orchestrate import preflight
     from pipeline.stages.script import read_source
 
     try:
@@ -55,8 +55,6 @@ def validate(job: Path = typer.Argument(..., help="Episode job YAML"),
         _fail(exc, 2)
     except screenplay.ScreenplayError as exc:
         _fail(exc, 2)
-    from pipeline.orchestrate import preflight
-
     problems = preflight(j)
     if problems:
         _fail(UserError(problems), 2)
@@ -77,15 +75,13 @@ def run(job: Path = typer.Argument(..., help="Episode job YAML"),
     from pipeline import screenplay
     from pipeline.job import load_job
     from pipeline.episode import run_job
-
+    from pipeline.orchestrate import preflight
     from pipeline.stages.script import read_source
 
     try:
         j = load_job(job, overrides or [])
         read_source(j)
         if address is None and not os.environ.get("RAY_ADDRESS"):  # this machine is the worker: check it now
-            from pipeline.orchestrate import preflight
-
             problems = preflight(j)
             if problems:
                 raise UserError(problems)

@@ -174,8 +174,8 @@ def guard_secrets(job: Job) -> None:
     from pipeline import secrets
 
     secrets.install_log_redaction()
-    for section in ("script", "storyboard", "video", "tts", "translate"):
-        secrets.register_from_options(getattr(job.stages, section).options)
+    for settings in job.stages.backends().values():
+        secrets.register_from_options(settings.options)
 
 
 def close_attempts(url: str, writer: Any, job: Job, run_id: str, orphans: bool = False) -> int:

@@ -112,6 +112,11 @@ class Stages(_Frozen):
     dub: DubSettings = DubSettings()
     edit: EditSettings = EditSettings()
 
+    def backends(self) -> dict[str, BackendSettings]:
+        """The sections that pick a backend (script, storyboard, video, tts, translate), in field order."""
+        return {name: value for name in type(self).model_fields
+                if isinstance(value := getattr(self, name), BackendSettings)}
+
 
 class Budget(_Frozen):
     max_cny: Decimal | None = None  # stop cleanly before a stage that would exceed it
@@ -378,8 +383,8 @@ def validate(job: Job) -> list[str]:
     elif not _is_file(screenplay):
         problems.append(f"screenplay: file not found: {screenplay}")
     problems += _folder_problems(job)
-    for section in ("script", "storyboard", "video", "tts", "translate"):
-        problems += literal_secret_problems(getattr(job.stages, section).options, f"stages.{section}.options")
+    for section, settings in job.stages.backends().items():
+        problems += literal_secret_problems(settings.options, f"stages.{section}.options")
     for stage in ("storyboard", "video"):
         s = getattr(job.stages, stage)
         if abs(s.width / s.height - 9 / 16) > 0.03 * 9 / 16:

@@ -91,7 +91,7 @@ def make_backend(job: Job, stage: str) -> Any:
         return None
     key = digest(stage, settings.backend, settings.options)
     if key not in _LOCAL_BACKENDS:
-        cls = resolve(STAGES[stage][1] if stage != "dub" else "tts", settings.backend)
+        cls = resolve(STAGES[stage][1], settings.backend)
         _LOCAL_BACKENDS[key] = cls(**settings.options)
     return _LOCAL_BACKENDS[key]
 
@@ -108,12 +108,12 @@ def preflight(job: Job) -> list[str]:
         settings = backend_settings(job, stage)
         if settings is None:
             continue
+        section = STAGES[stage][1]
         try:
-            resolve(STAGES[stage][1] if stage != "dub" else "tts", settings.backend)(**settings.options)
+            resolve(section, settings.backend)(**settings.options)
         except UserError as exc:
             problems += [secrets.redact(p) for p in exc.problems]
         except (TypeError, ValueError, ModuleNotFoundError) as exc:
-            section = STAGES[stage][1] if stage != "dub" else "tts"
             problems.append(secrets.redact(f"stages.{section}: backend {settings.backend!r}: {exc}"))
     return problems
 
@@ -122,7 +122,7 @@ def is_resident(job: Job, stage: str) -> bool:
     settings = backend_settings(job, stage)
     if settings is None:
         return False
-    cls = resolve(STAGES[stage][1] if stage != "dub" else "tts", settings.backend)
+    cls = resolve(STAGES[stage][1], settings.backend)
     return bool(getattr(cls, "resident", False)) or settings.num_gpus > 0
 
 

@@ -48,8 +48,8 @@ def check_resources(job: Job) -> None:
         if node.get("Alive"):
             have |= {k for k, v in node.get("Resources", {}).items() if v > 0}
     problems = []
-    for section in ("script", "storyboard", "video", "tts", "translate"):
-        for name in getattr(job.stages, section).resources:
+    for section, settings in job.stages.backends().items():
+        for name in settings.resources:
             if name not in have:
                 problems.append(f"stages.{section}.resources.{name}: no live node of this Ray cluster has the "
                                 f"resource {name!r}; start one with `ray start --resources='{{\"{name}\": 1}}'` "

@@ -275,7 +275,7 @@ class Tuner:
         if held is None or held[0] != key:
             if self._backends.pop(stage, None) is not None:
                 _free_memory()
-            cls = resolve(STAGES[stage][1] if stage != "dub" else "tts", settings.backend)
+            cls = resolve(STAGES[stage][1], settings.backend)
             self._backends[stage] = held = (key, cls(**settings.options))
         return held[1]
 

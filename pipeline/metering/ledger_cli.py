@@ -138,9 +138,6 @@ def show(ledger: str | None = LedgerOpt,
     _emit(data, as_json, lines)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
 
 def _when(text: str, option: str) -> Any:
     import datetime as dt
@@ -170,15 +167,15 @@ def bill_idle(node: str = typer.Option(..., "--node", help="The rented node, as 
     """Bill a rented GPU node's idle time as its own cost line (OpenCost: idle = GPUs × rental hours − the
     GPU-hours allocated to stages that started on the node in the rental). Appending it again for the same
     node and rental start changes nothing."""
-    from pipeline.metering.costs import _CTX, idle_lines
+    from pipeline.metering.costs import _CTX, _parse_time, idle_lines
     from pipeline.metering.prices import PriceError
     from pipeline.metering.sink import price_book
     from pipeline.money import exact_sum, money
 
     t0, t1 = _when(start, "--from"), _when(end, "--to")
     with _session(ledger, key_file) as led:
-        records = [e.body for e in led.entries(kind="usage")
-                   if e.body.get("node") == node and t0 <= _when(e.body["started"], "started") < t1]
+        records = [e.body for e in led.entries(kind="usage", where={"node": node})
+                   if t0 <= _parse_time(e.body["started"], f"{e.idempotency_key}: started") < t1]
         allocated = _CTX.divide(exact_sum(money(r["gpu_s"]) for r in records), 3600)
         try:
             lines = idle_lines(node, gpu_model, gpus, t0, t1, allocated, price_book(), drama=drama)
@@ -192,3 +189,7 @@ def bill_idle(node: str = typer.Option(..., "--node", help="The rented node, as 
     text += [f"idle {line.quantity} GPU-h × {line.rate} = {line.amount_fen} CNY (entry {e.index})"
              for line, e in zip(lines, entries)] or ["nothing idle"]
     _emit(data, as_json, text)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -61,7 +61,7 @@ def read_source(job: Job) -> Any:
     from models.registry import resolve
     from pipeline import screenplay
 
-    path = (job.job_dir / job.screenplay).resolve()
+    path = ScriptStage(job).screenplay_path()
     if is_writer(resolve("script", job.stages.script.backend)):
         return screenplay.load_treatment(path)
     return screenplay.load(path)
