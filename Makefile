@@ -17,6 +17,11 @@ test: install
 bench: install
 	$(PY) -m bench
 
+# pyflakes-level checks (unused imports and names, undefined names); ruff comes from PyPI on first use
+lint: install
+	$(PIP) install -q ruff
+	$(VENV)/bin/ruff check --select F pipeline models jobs bench tests
+
 install: system-deps $(VENV)/.installed
 
 # Debian packages: installed only when a command is missing (idempotent, no network when present).
