@@ -17,7 +17,7 @@ from pipeline.finance.policies import load_policies
 from pipeline.finance.scenario import parse_scenario
 
 RESULTS = Path(__file__).parent / "results" / "claims.json"
-COMPARED = [(20, 0, 1.0), (20, 1, 1.0), (30, 2, 1.0), (40, 3, 0.2), (60, 4, 1.0), (80, 5, 0.1)]
+COMPARED = [(16, 0, 1.0), (20, 0, 1.0), (20, 1, 1.0), (20, 2, 0.2), (20, 3, 0.05), (30, 2, 1.0)]
 SIZES = [(1_000, 1.0), (1_000, 0.2), (10_000, 1.0)]
 
 
