@@ -369,3 +369,16 @@ def test_a_shell_operator_in_the_entrypoint_runs_in_the_submitter(rayjob, tmp_pa
     (submit,) = [c for c in recorded if c[:3] == ["ray", "job", "submit"]]
     assert submit[submit.index("--") + 1:] == ["cd", "/"]
     assert ["python", "-m", "jobs.entrypoint", "/data/jobs/batch"] in recorded and code != 0
+
+
+def test_pin_image_rewrites_every_image_of_that_name() -> None:
+    from jobs.pin_image import pin
+
+    text = (KUBERAY / "rayjob.yaml").read_text("utf-8")
+    worker = "registry.example.com/microdrama:0.1.0@sha256:" + "ab" * 32
+    driver = "registry.example.com/microdrama-driver:0.1.0@sha256:" + "cd" * 32
+    pinned, count = pin(text, {"microdrama": worker, "microdrama-driver": driver})
+    assert count == 2  # the anchored worker image and the submitter's
+    job = yaml.safe_load(pinned)
+    assert job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]["image"] == driver
+    assert {_ray_container(g)["image"] for g in _groups(job["spec"]["rayClusterSpec"]).values()} == {worker}
