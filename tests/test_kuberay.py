@@ -382,3 +382,24 @@ def test_pin_image_rewrites_every_image_of_that_name() -> None:
     job = yaml.safe_load(pinned)
     assert job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]["image"] == driver
     assert {_ray_container(g)["image"] for g in _groups(job["spec"]["rayClusterSpec"]).values()} == {worker}
+
+
+def test_the_signing_key_as_mounted_with_fs_group_raises_no_warning(tmp_path, caplog) -> None:
+    """A secret volume with fsGroup is group-readable by the pod's own gid (mode 0440): no warning; a
+    world-readable key still warns."""
+    import logging
+
+    from pipeline.metering.ledger_sign import load_or_create_key
+
+    key = tmp_path / "keys" / "ledger.key"
+    key.parent.mkdir()
+    load_or_create_key(key)
+    os.chown(key, -1, os.getgid())
+    key.chmod(0o440)
+    with caplog.at_level(logging.WARNING):
+        load_or_create_key(key)
+    assert "readable by others" not in caplog.text
+    key.chmod(0o444)
+    with caplog.at_level(logging.WARNING):
+        load_or_create_key(key)
+    assert "readable by others" in caplog.text
