@@ -80,13 +80,22 @@ def public_key_path(key_path: Path) -> Path:
     return key_path.with_suffix(".pub")
 
 
+def _readable_by_others(path: Path) -> bool:
+    """World-readable, or group-readable by a group this process is not in. A Kubernetes secret volume
+    with `fsGroup` is group-readable by the pod's own group only, which is fine."""
+    st = path.stat()
+    if st.st_mode & 0o007:
+        return True
+    return bool(st.st_mode & 0o070) and st.st_gid not in {os.getgid(), *os.getgroups()}
+
+
 def load_or_create_key(path: Path) -> LedgerKey:
     """Load the PEM (PKCS#8) Ed25519 key at `path`, creating it 0600 (and its .pub) on first use."""
     if not path.exists():
         _create_key(path)
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        log.warning("ledger key file %s is readable by others (mode %o); chmod 600 it", path, mode)
+    if _readable_by_others(path):
+        log.warning("ledger key file %s is readable by others (mode %o); chmod 600 it", path,
+                    path.stat().st_mode & 0o777)
     private = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(private, Ed25519PrivateKey):
         raise ValueError(f"{path} holds a {type(private).__name__}, not an Ed25519 private key")
