@@ -12,7 +12,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline import safe_io
 from pipeline.errors import JobError
+from pipeline.money import bounded
 from pipeline.secrets import literal_secret_problems
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -132,6 +134,8 @@ class Budget(_Frozen):
             raise ValueError(f"not a decimal amount: {v!r}") from exc
         if amount is not None and (not amount.is_finite() or amount < 0):
             raise ValueError("must be a finite amount >= 0, e.g. \"50.00\"")
+        if amount is not None:
+            amount = bounded(amount, "max_cny")  # the documented input range of money (pipeline/money.py)
         return amount
 
 
@@ -196,23 +200,12 @@ class Job(_Frozen):
 
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise JobError(f"{what}: file not found: {path}")
-    if path.stat().st_size > MAX_JOB_BYTES:
-        raise JobError(f"{path}: {path.stat().st_size:,} bytes is more than a {what} file can be "
-                       f"({MAX_JOB_BYTES:,}); keep the screenplay in its own file")
+    """A job or profile file through the one bounded reader (regular file, size, UTF-8, duplicate keys,
+    dates as text, nesting); every problem is a JobError naming the file."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise JobError(f"{path}:{where}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
-    except UnicodeDecodeError:
-        raise JobError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise JobError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except RecursionError:
-        raise JobError(f"{path}: nested too deeply") from None
+        data = safe_io.load_yaml(path, what, max_bytes=MAX_JOB_BYTES, max_values=MAX_JOB_VALUES)
+    except safe_io.InputError as exc:
+        raise JobError(str(exc)) from None
     if not isinstance(data, dict):
         raise JobError(f"{path}: expected a mapping of job fields at the top level")
     _check_bounded(data, path)
@@ -251,9 +244,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise JobError(f"override {item!r}: {part} is not a section")
             node = child
-        try:
-            node[parts[-1]] = yaml.safe_load(raw)
-        except yaml.YAMLError:
+        try:  # the value as YAML, through the bounded loader (dates stay text, no 5,000-digit numbers)
+            node[parts[-1]] = yaml.load(raw, Loader=safe_io.BoundedLoader)  # noqa: S506 - a SafeLoader
+        except (yaml.constructor.ConstructorError, yaml.composer.ComposerError) as exc:
+            raise JobError(f"override {_short(item, 60)}: {exc.problem}") from None
+        except yaml.YAMLError:  # not YAML at all: the text itself
             node[parts[-1]] = raw
     return out
 

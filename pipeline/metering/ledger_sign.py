@@ -133,7 +133,9 @@ def load_public_key(source: Ed25519PublicKey | bytes | str | Path) -> Ed25519Pub
         return Ed25519PublicKey.from_public_bytes(source)
     text = source.decode() if isinstance(source, bytes) else str(source)
     if isinstance(source, Path) or Path(text).expanduser().is_file():
-        text = Path(text).expanduser().read_text()
+        from pipeline import safe_io
+
+        text = safe_io.read_text(Path(text).expanduser(), "public key", max_bytes=64 * 1024)
     text = text.strip()
     if text.startswith("-----BEGIN"):
         if "PRIVATE KEY" in text:
