@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,22 @@ LANGS = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 MAX_JOB_BYTES = 256 * 1024  # a job or profile file; real ones are < 2 KB
 MAX_JOB_VALUES = 20_000  # values in a job after YAML aliases are expanded (an alias bomb stops here)
 MAX_JOB_DEPTH = 32
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")  # `ffmpeg -h encoder=libx264`: the edit stage encodes with libx264
+AUDIO_BITRATE = re.compile(r"[1-9][0-9]{1,2}k")  # AAC kbit/s, e.g. 160k; checked to 32k..512k below
+
+
+def _plain_text(v: str) -> str:
+    """Text that reaches ffmpeg (drawtext, metadata, subtitles): no NUL or other control characters."""
+    bad = sorted({f"U+{ord(c):04X}" for c in v if unicodedata.category(c) == "Cc"})
+    if bad:
+        raise ValueError(f"must not contain control characters ({', '.join(bad[:4])}: a newline, tab or NUL); "
+                         "write it on one line")
+    return v
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class BackendSettings(_Frozen):
@@ -35,8 +48,8 @@ class BackendSettings(_Frozen):
     backend: str
     options: dict[str, Any] = Field(default_factory=dict)
     actors: int = Field(1, ge=1, le=64)
-    num_gpus: float = Field(0, ge=0)
-    num_cpus: float = Field(1, ge=0)
+    num_gpus: float = Field(0, ge=0, le=64)
+    num_cpus: float = Field(1, ge=0, le=1024)
     max_retries: int = Field(2, ge=0, le=10)
     # Ray custom resources the stage's tasks and actors ask for, e.g. {render: 1} to run only on nodes
     # started with `ray start --resources='{"render": 2}'` (a render farm, nodes with local weights).
@@ -98,11 +111,32 @@ class EditSettings(_Frozen):
     preset: str = "veryfast"
     loudness_lufs: float = Field(-14.0, ge=-40, le=-5)
     true_peak_db: float = Field(-1.5, ge=-9, le=0)
-    label_text: str = "AI生成"
-    label_seconds: float = Field(3.0, ge=2.0)
+    label_text: str = Field("AI生成", min_length=1, max_length=40)  # the visible AI label (GB 45438-2025)
+    label_seconds: float = Field(3.0, ge=2.0, le=3600)
     burn_subtitles: bool = True
-    font: str = "Noto Sans CJK SC"
+    font: str = Field("Noto Sans CJK SC", min_length=1, max_length=100)
     audio_bitrate: str = "160k"
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, v: str) -> str:
+        if v not in X264_PRESETS:
+            raise ValueError(f"not an x264 preset; choose one of: {', '.join(X264_PRESETS)}")
+        return v
+
+    @field_validator("audio_bitrate")
+    @classmethod
+    def _bitrate(cls, v: str) -> str:
+        if not AUDIO_BITRATE.fullmatch(v) or not 32 <= int(v[:-1]) <= 512:
+            raise ValueError("an AAC bitrate in kbit/s between 32k and 512k, e.g. 160k")
+        return v
+
+    @field_validator("label_text", "font")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank: the visible AI label is required (GB 45438-2025)")
+        return _plain_text(v)
 
 
 class Stages(_Frozen):
@@ -162,10 +196,15 @@ class Job(_Frozen):
     stages: Stages = Stages()
     job_dir: Path = Path(".")  # folder of the job file; relative paths resolve against it
 
+    @field_validator("title", "company")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        return _plain_text(v)
+
     @field_validator("drama", "episode")
     @classmethod
     def _slug(cls, v: str) -> str:
-        if not SLUG.match(v):
+        if not SLUG.fullmatch(v):  # match() would let "tiny-run\n" through ($ matches before a final newline)
             raise ValueError(f"{v!r} must be a slug: lowercase letters, digits, '-', '_' or '.'")
         return v
 
@@ -179,7 +218,7 @@ class Job(_Frozen):
     @field_validator("languages")
     @classmethod
     def _langs(cls, v: list[str]) -> list[str]:
-        bad = [x for x in v if not LANGS.match(x)]
+        bad = [x for x in v if not LANGS.fullmatch(x)]
         if bad:
             raise ValueError(f"not language codes: {bad}; use e.g. [zh, en]")
         if len(set(v)) != len(v):
@@ -260,7 +299,7 @@ def load_profile(name: str, job_dir: Path | None = None) -> Profile:
         path, err = resolve_in(base, Path(name), "profile")
         if err:
             raise JobError(err)
-    elif SLUG.match(name):
+    elif SLUG.fullmatch(name):
         path = CONFIGS / "profiles" / f"{name}.yaml"
     else:
         raise JobError(f"profile: {name!r} is neither a profile name nor a .yaml file beside the job")

@@ -44,7 +44,7 @@ def bounded(value: Decimal | int | str | float, what: str = "an amount") -> Deci
     if isinstance(value, str) and len(value) > 200:
         raise ValueError(f"{what} of {len(value):,} characters is not a number anyone means")
     result = D(value)
-    if abs(result) > MAX_AMOUNT:
+    if result.copy_abs() > MAX_AMOUNT:  # copy_abs: no context, so 1e999999999 cannot overflow here
         raise ValueError(f"{what} must be at most 10^15 (1,000,000,000,000,000) in size, got {_brief(result)}")
     if result and -result.as_tuple().exponent > MAX_PLACES:
         raise ValueError(f"{what} has more than {MAX_PLACES} decimal places, got {_brief(result)}")
