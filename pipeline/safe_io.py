@@ -1,5 +1,6 @@
 """The one bounded reader for every file the CLI reads: regular files only, a size limit, UTF-8 checked, and
-YAML with duplicate keys refused, dates kept as text, numbers bounded and nesting limited."""
+YAML with duplicate keys refused, dates kept as text, numbers bounded and nesting limited (and the checks on
+a file or folder it will write)."""
 from __future__ import annotations
 
 import errno
@@ -227,3 +228,42 @@ def load_yaml(path: str | Path, what: str, *, max_bytes: int = MAX_YAML_BYTES, e
     text = read_text(path, what, max_bytes=max_bytes)
     return parse_yaml(text, _where(path, what), exact=exact, max_values=max_values, bad=bad,
                       where_first=where_first)
+
+
+# ---------------------------------------------------------------- files the CLI writes
+
+
+def check_out_file(path: Path, flag: str) -> None:
+    """Before any work: `path` can be written as a file (its folder exists and is writable, it is not a
+    folder itself); else UserError naming `flag` and the fix."""
+    try:
+        if path.is_dir():
+            raise UserError(f"{flag} {path}: is a folder; give a file name, e.g. {path / 'report.csv'}")
+        parent = path.parent
+        if not parent.is_dir():
+            raise UserError(f"{flag} {path}: folder {parent} does not exist; create it first")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"{flag} {path}: cannot write to folder {parent} (permission denied or read-only)")
+        if path.exists() and not path.is_file() and str(path) not in ("/dev/stdout", "/dev/stderr"):
+            raise UserError(f"{flag} {path}: not a regular file (a device or FIFO); give a file name")
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def check_out_dir(path: Path, flag: str) -> None:
+    """Before any work: `path` is a writable folder or can be made one (its nearest existing parent is)."""
+    try:
+        probe = path
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            raise UserError(f"{flag} {path}: {probe} is a file, not a folder; point {flag} at a folder")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise UserError(f"{flag} {path}: cannot write to {probe} (permission denied or read-only)")
+    except OSError as exc:
+        raise UserError(f"{flag} {path}: {exc.strerror or exc}") from None
+
+
+def write_failed(exc: OSError, path: Path, flag: str) -> UserError:
+    """A write that failed part-way (disk full, /dev/full, permissions) as one line naming the option."""
+    return UserError(f"{flag} {path}: cannot write: {exc.strerror or exc}; free space or choose another path")
