@@ -228,7 +228,7 @@ class PostgresStore:
         try:
             self._conn = psycopg.connect(url, autocommit=True, **timeout)
         except psycopg.OperationalError as e:  # closed port, unknown host, refused login: one line, no traceback
-            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            reason = "; ".join(x.strip() for x in str(e).splitlines() if x.strip())[:300] or type(e).__name__
             raise StoreUnreachable(f"ledger {self.url}: cannot connect: {reason}") from None
         with self._conn.transaction(), self._conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (PG_SCHEMA_LOCK,))
