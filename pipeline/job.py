@@ -365,7 +365,10 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> Job:
 
 def resolve_in(base: Path, rel: Path, field: str) -> tuple[Path | None, str | None]:
     """Resolve a job path against its folder, refusing paths that escape it."""
-    full = (base / rel).resolve()
+    try:
+        full = (base / rel).resolve()
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13), a name too long
+        return None, f"{field}: {rel} is a symlink loop or cannot be resolved; point it at a real file"
     if base.resolve() not in (full, *full.parents):
         return None, f"{field}: {rel} is outside the job's folder {base}; keep inputs beside the job file"
     return full, None
@@ -415,7 +418,8 @@ def validate(job: Job) -> list[str]:
     if err:
         problems.append(err)
     elif not _is_file(screenplay):
-        problems.append(f"screenplay: file not found: {screenplay}")
+        problems.append(f"screenplay: {screenplay} is not a regular file (a FIFO, device or folder); give a "
+                        "text file" if os.path.lexists(screenplay) else f"screenplay: file not found: {screenplay}")
     problems += _folder_problems(job)
     for section, settings in job.stages.backends().items():
         problems += literal_secret_problems(settings.options, f"stages.{section}.options")
