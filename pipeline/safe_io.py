@@ -15,7 +15,7 @@ import yaml
 from pipeline.errors import UserError
 
 MAX_TEXT_BYTES = 1 << 20  # default for a text file the CLI reads (screenplays, policies, scenarios)
-MAX_YAML_BYTES = 4 << 20  # a YAML data file (a scenario of thousands of dramas stays well under this)
+MAX_YAML_BYTES = 16 << 20  # a YAML data file (a scenario of 10,000 dramas is about 3 MB)
 MAX_DEPTH = 32  # nesting of a YAML document (real files nest 4 or 5 levels)
 MAX_VALUES = 1_000_000  # values of a YAML document once its aliases are expanded (an alias bomb stops here)
 MAX_INT_DIGITS = 30  # an integer in a data file (counts, years, seeds, fen) is far shorter
