@@ -368,17 +368,43 @@ VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floa
                                                         "budget.max_cny", "profile"]), VALUES)), max_size=4))
 def test_any_override_validates_or_is_refused(work, overrides) -> None:
     """Whatever validate accepts is renderable: each accepted job passes the schema's render checks."""
-    from pipeline.job import X264_PRESETS
-
     try:
         with deadline():
             job = load_job(job_file(work, BASE), [*overrides, f"cache_dir={work / 'cache'}"])
     except JobError as exc:
         assert str(exc) and "Traceback" not in str(exc)
         return
+    assert_renderable(job)
+
+
+def assert_renderable(job) -> None:
+    """What the edit stage hands to ffmpeg and the output folder is made of, for an accepted job."""
+    from pipeline.job import SLUG, X264_PRESETS
+
     e = job.stages.edit
-    assert e.preset in X264_PRESETS and e.label_text.strip() and e.audio_bitrate.endswith("k")
-    assert "\n" not in job.drama + job.episode + job.title and "\x00" not in job.title + job.company
+    assert e.preset in X264_PRESETS and e.label_text.strip() and 32 <= int(e.audio_bitrate[:-1]) <= 512
+    assert SLUG.fullmatch(job.drama) and SLUG.fullmatch(job.episode) and job.languages[0] == "zh"
+    assert not any(ord(c) < 32 or c == "\x7f" for c in job.title + job.company + e.label_text + e.font)
+    assert all(s.num_gpus <= 64 and s.num_cpus <= 1024 for s in job.stages.backends().values())
+
+
+JOB_FIELDS = st.fixed_dictionaries({}, optional={
+    "title": VALUES, "company": VALUES, "seed": VALUES, "languages": st.one_of(VALUES, st.lists(VALUES, max_size=3)),
+    "budget": st.dictionaries(st.just("max_cny"), VALUES), "drama": VALUES, "episode": VALUES,
+    "stages": st.dictionaries(st.sampled_from(SECTIONS), st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=3),
+                              max_size=3)})
+
+
+@settings(FUZZ, max_examples=120)
+@given(fields=JOB_FIELDS)
+def test_any_job_file_that_validates_can_be_rendered(work, fields) -> None:
+    body = {"drama": "d", "episode": "e1", "screenplay": "ep.fountain", **fields}
+    path = work / "fuzz-job.yaml"
+    path.write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
+    res = invoke("validate", str(path), f"cache_dir={work / 'cache'}")
+    assert res.exit_code in (0, 2), res.output
+    if res.exit_code == 0:
+        assert_renderable(load_job(path, [f"cache_dir={work / 'cache'}"]))
 
 
 DRAMA_FIELDS = st.dictionaries(st.sampled_from(["id", "launched", "produced_in", "costs", "orientation", "episodes",

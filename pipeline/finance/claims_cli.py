@@ -68,6 +68,7 @@ def build_command(
     from pipeline.finance.packet_evidence import make_packets
 
     try:
+        check_slugs("--drama", drama or [])
         if out is not None:
             safe_io.check_out_file(out, "--out")
         if packets is not None:
@@ -115,6 +116,7 @@ def packet_command(
 
     try:
         dates = {k: _date(v, f"--{k}") for k, v in (("notified", notified), ("accepted", accepted)) if v}
+        check_slugs("--drama", [drama] if drama else [])
         safe_io.check_out_dir(out, "--out")
         check_metered(tracking_uri, ledger)
         folders = _library_errors(lambda: make_packets(scenario, [programme], out, drama=drama,
@@ -124,6 +126,16 @@ def packet_command(
         _fail(err)
     for folder in folders:
         typer.echo(str(folder))
+
+
+def check_slugs(flag: str, values: list[str]) -> None:
+    """Drama ids as scenarios write them: 1-200 characters, no spaces or control characters."""
+    import re
+
+    bad = [v for v in values if not re.fullmatch(r"\S{1,200}", v) or any(ord(c) < 32 or ord(c) == 127 for c in v)]
+    if bad:
+        raise UserError(f"{flag} {bad[0][:80]!r}: not a drama id (1-200 characters, no spaces or control "
+                        "characters)")
 
 
 def check_metered(tracking_uri: str | None, ledger: str | None) -> None:
