@@ -142,7 +142,9 @@ def load_public_key(source: Ed25519PublicKey | bytes | str | Path) -> Ed25519Pub
         return Ed25519PublicKey.from_public_bytes(source)
     text = source.decode() if isinstance(source, bytes) else str(source)
     if isinstance(source, Path) or Path(text).expanduser().is_file():
-        text = Path(text).expanduser().read_text()
+        from pipeline import safe_io
+
+        text = safe_io.read_text(Path(text).expanduser(), "public key", max_bytes=64 * 1024)
     text = text.strip()
     if text.startswith("-----BEGIN"):
         if "PRIVATE KEY" in text:
@@ -155,8 +157,15 @@ def load_public_key(source: Ed25519PublicKey | bytes | str | Path) -> Ed25519Pub
 
 
 def _parse_vkey(text: str) -> Ed25519PublicKey:
-    name, khash, b64 = text.split("+", 2)  # the base64 key may itself contain "+"
-    raw = base64.b64decode(b64)
+    parts = text.split("+", 2)  # the base64 key may itself contain "+"
+    if len(parts) != 3 or "\n" in text:
+        raise ValueError(f"{text[:60]!r} is neither a public key file that exists (PEM) nor a signed-note "
+                         "vkey (name+keyid+base64); check the --pubkey path")
+    name, khash, b64 = parts
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except ValueError:
+        raise ValueError("vkey: its key part is not base64") from None
     if raw[:1] != ED25519_ALG or len(raw) != 33:
         raise ValueError("vkey is not an Ed25519 signed-note key")
     public = Ed25519PublicKey.from_public_bytes(raw[1:])
