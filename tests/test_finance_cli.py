@@ -152,7 +152,7 @@ def test_budget_without_history_stops_once_spent(metered, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     res, job = _budget_run(metered, tmp_path, "ep03", f"sqlite:///{tmp_path / 'empty.db'}", "0")
     assert res.exit_code == 3, res.output
-    assert "stopped before stage 'translate'" in res.output and "no past runs" in res.output
+    assert "stopped before stage 'translate'" in res.output and "no history and no price for translate" in res.output
     assert not job.out_path.exists()
     done = [e.body for e in ledger_entries(metered["ledger"], "usage") if e.body["episode"] == "ep03"]
     assert [u["stage"] for u in done] == ["script"]

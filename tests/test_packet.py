@@ -54,7 +54,7 @@ def test_packet_has_amount_trace_evidence_and_deadlines(result, tmp_path):
     assert "ep-01: rate: 0.3 x 41234.56 = 12370.368 [003_332d36df0d886521.txt 三(二)1]" in claim["trace"]
     assert not any(s.startswith("ep-02") for s in claim["trace"])  # only this drama's steps
     evidence = json.loads((folder / "evidence.json").read_text(encoding="utf-8"))
-    assert evidence["cost_totals"] == {"compute": "41234.56", "ai_tool": "12000.00"}
+    assert evidence["cost_totals"] == {"costs.compute": "41234.56", "costs.ai_tools": "12000.00", "costs.rework_compute": "0.00", "costs.rework_ai_tools": "0.00", "costs.idle": "0.00", "production": "53234.56"}
     assert evidence["cost_lines"][0]["stage"] == "video"  # extra fields carried along
     assert evidence["mlflow_run_ids"] == ["run-edit", "run-episode", "run-script", "run-video"]
     assert evidence["declared_facts"]["drama"]["produced_in"] == ["huairou"]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.job import Job
+from pipeline.job_backends import is_writer, read_source, screenplay_path  # noqa: F401  (read_source: re-exported)
 from pipeline.script import Script
 from pipeline.stages import StageCall, StageRun, report_all
 
@@ -22,7 +23,7 @@ class ScriptStage:
     writes: tuple[str, ...] = ("script",)
 
     def screenplay_path(self) -> Path:
-        return (self.job.job_dir / self.job.screenplay).resolve()
+        return screenplay_path(self.job)
 
     def cache_key_parts(self, call: StageCall) -> list[Any]:
         s = self.job.stages.script
@@ -48,23 +49,6 @@ class ScriptStage:
         out = run.workdir / "script.json"
         out.write_text(script.model_dump_json(indent=1), encoding="utf-8")
         return {"script": str(out), "shots": [s.id for s in script.shots]}
-
-
-def is_writer(cls: type) -> bool:
-    """A script backend that writes the screenplay (an LLM) rather than reading the writer's file."""
-    return hasattr(cls, "write") and not hasattr(cls, "reads_file")
-
-
-def read_source(job: Job) -> Any:
-    """What the job's `screenplay:` file must be for its script backend, parsed (ScreenplayError otherwise):
-    a Script for a file-reading backend, a Treatment for a screenwriter."""
-    from models.registry import resolve
-    from pipeline import screenplay
-
-    path = ScriptStage(job).screenplay_path()
-    if is_writer(resolve("script", job.stages.script.backend)):
-        return screenplay.load_treatment(path)
-    return screenplay.load(path)
 
 
 def load_script(outputs: dict[str, Any]) -> Script:
