@@ -79,11 +79,15 @@ def test_mlflow_layout(metered) -> None:
 def test_report_csv_xlsx_html_agree_with_the_ledger(metered, tmp_path) -> None:
     from openpyxl import load_workbook
 
+    from pipeline.finance.report_files import XLSX_MONEY
+    from pipeline.money import shown
+
     ledger_total = exact_sum(e.body["amount"] for e in ledger_entries(metered["ledger"], "cost"))
     outs = {}
     for fmt in ("csv", "xlsx", "html"):
         out = tmp_path / f"report.{fmt}"
-        res = cli("report", "--drama", DRAMA, "--format", fmt, "--out", str(out), "--tracking-uri", metered["tracking"])
+        res = cli("report", "--drama", DRAMA, "--format", fmt, "--out", str(out), "--tracking-uri", metered["tracking"],
+                  "--ledger", metered["ledger"])
         assert res.exit_code == 0, res.output
         assert res.output.strip() == str(out)
         outs[fmt] = out
@@ -91,24 +95,31 @@ def test_report_csv_xlsx_html_agree_with_the_ledger(metered, tmp_path) -> None:
         rows = list(csv.DictReader(fh))
     assert sorted(r["stage"] for r in rows) == sorted([*STAGES, "TOTAL"])
     (total,) = [r for r in rows if r["stage"] == "TOTAL"]
-    assert Decimal(total["cost.total_cny"]) == ledger_total
-    assert Decimal(total["cost_per_minute_cny"]) == \
-        (ledger_total * 60 / Decimal(str(metered["manifest"]["duration_s"]))).quantize(Decimal("0.0001"))
+    assert Decimal(total["cost.total_cny.exact"]) == ledger_total  # exact in the data ...
+    assert total["cost.total_cny"] == shown(ledger_total) and "E" not in total["cost.total_cny"]  # ... fen for people
+    assert all(len(r["cost.total_cny"]) <= 12 for r in rows)  # no 55-digit figures
+    assert Decimal(total["cost_per_minute_cny.exact"]) == ledger_total * 60 / Decimal(str(metered["manifest"]["duration_s"]))
     assert total["ledger_checkpoint"].split(":")[0] == str(len(ledger_entries(metered["ledger"])))
-    for col in ("wall_s", "cpu_s", "gpu_s", "gpu_energy_j", "chars", "cache_savings_cny"):
+    for col in ("wall_s", "cpu_s", "gpu_s", "gpu_energy_j", "chars", "cache_savings_cny", "final_cny"):
         assert col in total
 
     sheet = load_workbook(outs["xlsx"]).active
     header = [c.value for c in sheet[1]]
-    xrows = [dict(zip(header, [c.value for c in r])) for r in sheet.iter_rows(min_row=2)]
-    (xtotal,) = [r for r in xrows if r["stage"] == "TOTAL"]
-    assert xtotal["cost.total_cny"] == total["cost.total_cny"] and Decimal(xtotal["cost.total_cny"]) == ledger_total
+    col = header.index("cost.total_cny")
+    assert header[col + 1] == "cost.total_cny.exact"
+    cells = {r[header.index("stage")].value: r[col] for r in sheet.iter_rows(min_row=2)}
+    total_cell = cells.pop("TOTAL")
+    assert isinstance(total_cell.value, float) and total_cell.number_format == XLSX_MONEY  # a number Excel sums
+    assert abs(sum(c.value for c in cells.values()) - total_cell.value) < 1e-12
+    (exact_cell,) = [r[col + 1].value for r in sheet.iter_rows(min_row=2) if r[header.index("stage")].value == "TOTAL"]
+    assert Decimal(exact_cell) == ledger_total
 
     page = outs["html"].read_text(encoding="utf-8")
-    assert "Cost by stage (CNY)" in page and "Cost per minute of output (CNY/min)" in page
-    assert page.count("<svg") == 2 and all(f">{s}<" in page for s in STAGES)
+    assert "Per-episode summary" in page and "Stage breakdown" in page and "per finished minute" in page
+    assert all(f">{s}<" in page for s in STAGES)
 
-    res = cli("report", "--drama", "no-such-drama", "--format", "csv", "--tracking-uri", metered["tracking"])
+    res = cli("report", "--drama", "no-such-drama", "--format", "csv", "--tracking-uri", metered["tracking"],
+              "--ledger", metered["ledger"])
     assert res.exit_code == 2 and "--drama" in res.output
     res = cli("report", "--drama", DRAMA, "--format", "pdf", "--tracking-uri", metered["tracking"])
     assert res.exit_code == 2 and "--format" in res.output

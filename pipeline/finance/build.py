@@ -1,4 +1,4 @@
-"""`claims build`: a CLAIMS.md scenario for a company-year, from declared facts plus metered MLflow/ledger data.
+"""`claims build`: a docs/claims.md scenario for a company-year, from declared facts plus metered MLflow/ledger data.
 
 Finance never retypes a metered number. A scenario is assembled from two sources:
 
@@ -25,7 +25,7 @@ Finance never retypes a metered number. A scenario is assembled from two sources
 FACTS.yaml (unknown keys are an error; an example is configs/claims/facts-example.yaml)::
 
     year: 2026                 # optional; when given it must equal --year (facts are per company-year)
-    company:                   # exactly the company block of SCENARIO.yaml (CLAIMS.md)
+    company:                   # exactly the company block of SCENARIO.yaml (docs/claims.md)
       name: 示例影业有限公司    # must equal the `company` tag of the drama's MLflow runs
       districts: [huairou, datong]
       headcount: 4
@@ -198,7 +198,7 @@ class Built:
     notes: list[str] = field(default_factory=list)  # things finance should know (no runs in the year, ...)
 
     def to_yaml(self) -> str:
-        """SCENARIO.yaml text: a provenance header (comments), then the CLAIMS.md document."""
+        """SCENARIO.yaml text: a provenance header (comments), then the docs/claims.md document."""
         data = _plain(self.scenario.model_dump(mode="python"))
         return self._header() + yaml.safe_dump(data, allow_unicode=True, sort_keys=False, width=120)
 

@@ -1,4 +1,4 @@
-"""SCENARIO.yaml: one company-year of dramas and declared facts, validated exactly as CLAIMS.md specifies."""
+"""SCENARIO.yaml: one company-year of dramas and declared facts, validated exactly as docs/claims.md specifies."""
 from __future__ import annotations
 
 import datetime as dt
