@@ -183,3 +183,24 @@ def test_budget_stop_message_shows_the_comparison(history):
     text = " ".join(history["env"]["stop_output"].split())
     assert "stopped before stage 'translate'" in text and "no history and no price for translate" in text
     assert "0.00 CNY" not in text  # the spend is shown at a precision that shows it is over 0
+
+
+def test_html_report_renders_for_a_finance_reader(history, tmp_path):
+    from tests.browser import measure
+
+    env = history["env"]
+    page = tmp_path / "report.html"
+    res = cli("report", "--drama", DRAMA, "--format", "html", "--out", str(page), "--tracking-uri", env["tracking"],
+              "--ledger", env["ledger"])
+    assert res.exit_code == 0, res.output
+    text = page.read_text(encoding="utf-8")
+    assert "Per-episode summary" in text and "per finished minute" in text and "reused from cache" in text
+    figures = text.split("<h2>How to read")[0]
+    assert "E-" not in figures and "&lt; 0.01" in figures  # sub-fen stage costs carry the marker, not E-notation
+    for width in (1280, 800):
+        facts, shot = measure(page, width)
+        assert facts["scroll_width"] <= facts["viewport"], facts  # nothing wider than the window
+        assert facts["clipped"] == [], facts  # no label or figure cut off
+        assert facts["tables"] >= 4 and facts["bars"] >= 3, facts
+        assert shot.stat().st_size > 10_000
+        history.setdefault("screenshots", []).append(shot)

@@ -66,6 +66,12 @@ def test_packet_has_amount_trace_evidence_and_deadlines(result, tmp_path):
     assert "CNY 12370.37" in page and "2026-10-13" in page and "2026-04-21" in page
     assert "<script>" not in page and "&lt;script&gt;" in page  # supplied text is escaped
     assert "http" not in page.split("</style>")[0]  # self-contained: no external assets
+    facts = page.split("<h2>Declared facts</h2>")[1]
+    assert "<td>produced_in</td><td>怀柔区 (huairou)</td>" in facts  # facts as a person writes them
+    assert "<td>rd_key_project</td><td>是</td>" in facts and "<td>overseas</td><td>否</td>" in facts
+    assert "False" not in facts and "True" not in facts and "['huairou']" not in facts
+    assert "怀柔区 (huairou)、通州区（城市副中心） (tongzhou)" in facts  # the company's districts
+    assert "41,000.00" in page and "41,234.56" in page  # amounts at the fen, with separators
 
 
 def test_company_level_packet_and_missing_dates(result, tmp_path):

@@ -1,9 +1,10 @@
 """The claim packet's HTML summary: one self-contained page (no scripts, no external assets) for finance."""
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from html import escape
 from typing import Any, Iterable
+
+from pipeline.money import shown
 
 _CSS = """
 body{font-family:"Noto Sans CJK SC","PingFang SC","Microsoft YaHei",sans-serif;margin:2em auto;max-width:60em;
@@ -24,13 +25,31 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], numeric: set[i
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+DISTRICT_NAMES = {"huairou": "怀柔区", "yizhuang": "亦庄（北京经济技术开发区）", "tongzhou": "通州区（城市副中心）",
+                  "mentougou": "门头沟区", "datong": "大同市"}
+
+
+def written(value: Any) -> str:
+    """A fact as a person writes it: 是/否 for flags, district names, lists joined with 、."""
+    if isinstance(value, bool):
+        return "是" if value else "否"
+    if isinstance(value, (list, tuple)):
+        return "、".join(written(v) for v in value)
+    if isinstance(value, str) and value in DISTRICT_NAMES:
+        return f"{DISTRICT_NAMES[value]} ({value})"
+    return str(value)
+
+
 def _flat(facts: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = []
     for key, value in facts.items():
         if isinstance(value, dict) and value:
             rows += _flat(value, f"{prefix}{key}.")
         elif value not in (None, "", [], {}):
-            rows.append((f"{prefix}{key}", value))
+            label = f"{prefix}{key}"
+            if key in DISTRICT_NAMES and prefix:
+                label = f"{prefix}{DISTRICT_NAMES[key]}"
+            rows.append((label, written(value)))
     return rows
 
 
@@ -61,25 +80,26 @@ def _deadlines(evidence: dict[str, Any]) -> str:
 
 
 def _shown(amount: Any) -> str:
-    """A line amount as plain text to 6 decimal places (ledger amounts carry up to 50 digits)."""
+    """A line amount as a person reads it: half-up to the fen, "< 0.01" under half a fen (evidence.json is exact)."""
     if amount in (None, ""):
         return ""
     try:
-        return f"{Decimal(str(amount)).quantize(Decimal('0.000001'), rounding=ROUND_HALF_UP):f}"
-    except InvalidOperation:
+        return shown(amount)
+    except ValueError:
         return str(amount)
 
 
 def _costs(evidence: dict[str, Any]) -> str:
-    rows = [(c["kind"], c["item"], _shown(c["amount"]), _shown(c.get("list_value")), c["ledger_index"],
-             c["leaf_hash"][:16] + "…", len(c.get("inclusion_proof", [])), c.get("mlflow_run_id") or "")
+    rows = [(c.get("category_label") or c.get("category", "final"), c["kind"], c["item"], c.get("stage", ""),
+             _shown(c["amount"]), _shown(c.get("list_value")), c["ledger_index"], c["leaf_hash"][:16] + "…",
+             len(c.get("inclusion_proof", [])), c.get("mlflow_run_id") or "(none: run not in MLflow)")
             for c in evidence["cost_lines"]]
-    totals = ", ".join(f"{k}: CNY {v}" for k, v in evidence["cost_totals"].items())
-    table = _table(["kind", "item", "amount", "list value", "ledger #", "leaf hash", "proof nodes", "MLflow run"],
-                   rows, numeric={2, 3, 4, 6}) if rows else "<p class=muted>no cost lines</p>"
-    return (f"<h2>Metered cost lines</h2><p>Totals: {escape(totals)}</p>"
-            "<p class=muted>Line amounts are shown to 6 decimal places; evidence.json has them exact, as the "
-            f"ledger holds them.</p>{table}")
+    totals = _table(["field", "CNY"], [(k, _shown(v)) for k, v in evidence["cost_totals"].items()], numeric={1})
+    table = _table(["category", "kind", "item", "stage", "amount", "list value", "ledger #", "leaf hash",
+                    "proof nodes", "MLflow run"], rows, numeric={4, 5, 6, 8}) if rows else "<p class=muted>no cost lines</p>"
+    return (f"<h2>Metered cost lines ({len(rows)} ledger entries)</h2>{totals}"
+            "<p class=muted>Amounts are rounded half-up to the fen (\"&lt; 0.01\": under half a fen); evidence.json "
+            f"has them exact, as the ledger holds them, with each entry, its leaf hash and inclusion proof.</p>{table}")
 
 
 def _verifier(public_key: str) -> str:
