@@ -14,6 +14,13 @@ window.addEventListener('load', () => {
   for (const el of document.querySelectorAll('td, th, figcaption, h1, h2, h3, .card, text')) {
     if (el.scrollWidth > el.clientWidth + 1) clipped.push((el.className || el.tagName) + ': ' + el.textContent.slice(0, 40));
   }
+  for (const el of document.querySelectorAll('td, th')) {  // a word broken over lines is unreadable too
+    const text = el.textContent.trim();
+    if (!text || /\s/.test(text)) continue;
+    const range = document.createRange(); range.selectNodeContents(el);
+    const tops = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+    if (tops.size > 1) clipped.push('broken: ' + text.slice(0, 40));
+  }
   const out = {viewport: window.innerWidth, scroll_width: root.scrollWidth, clipped: clipped,
                tables: document.querySelectorAll('table').length, bars: document.querySelectorAll('.seg').length};
   const pre = document.createElement('pre'); pre.id = 'probe'; pre.textContent = JSON.stringify(out);

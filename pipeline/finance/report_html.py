@@ -17,9 +17,11 @@ body{font-family:"Noto Sans CJK SC","PingFang SC","Microsoft YaHei",sans-serif;m
 padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ccc}
 .muted{color:#666;font-size:.9em}
-table{border-collapse:collapse;width:100%;font-size:.92em;table-layout:auto}
-td,th{border:1px solid #ddd;padding:.35em .5em;text-align:left;vertical-align:top;overflow-wrap:anywhere}
-th{background:#f4f4f4}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+table{border-collapse:collapse;width:100%;font-size:.88em}
+td,th{border:1px solid #ddd;padding:.3em .45em;text-align:left;vertical-align:top;overflow-wrap:break-word}
+th{background:#f4f4f4;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+th.num{text-align:right}td:first-child{white-space:nowrap}
+@media (max-width:900px){table{font-size:.78em}td,th{padding:.25em .3em}.chart .label{width:9em}}
 tr.total td{font-weight:bold;background:#fafafa}
 .cards{display:flex;flex-wrap:wrap;gap:.8em;margin:1em 0}
 .card{border:1px solid #ddd;border-radius:6px;padding:.6em 1em;min-width:12em;flex:1}
@@ -58,20 +60,22 @@ def _rework(row: dict) -> Decimal:
 
 
 def _summary(totals: list[dict]) -> str:
-    headers = ["episode", "finished min", "final cut", "rework", "idle", "production cost (CNY)", "per finished min",
-               "reused from cache", "list value of tools", "runs", "ledger lines"]
+    headers = ["episode", "minutes", "final cut", "rework", "idle", "production cost", "per minute",
+               "reused from cache", "list value", "runs / lines"]
     rows = [[t["episode"], _minutes(t), shown(_d(t, "final_cny")), shown(_rework(t)), shown(_d(t, "idle_cny")),
              shown(_d(t, "cost.total_cny")),
              shown(_d(t, "cost_per_minute_cny")) if t.get("cost_per_minute_cny") else "—",
-             shown(_d(t, "cache_savings_cny")), shown(_d(t, "cost.list_value_cny")), t.get("runs", ""),
-             t.get("lines", "")] for t in totals]
+             shown(_d(t, "cache_savings_cny")), shown(_d(t, "cost.list_value_cny")),
+             f"{t.get('runs', '')} / {t.get('lines', '')}"] for t in totals]
     if len(totals) > 1:
         s = {k: sum((_d(t, k) for t in totals), ZERO) for k in ("final_cny", "idle_cny", "cost.total_cny",
                                                                   "cache_savings_cny", "cost.list_value_cny")}
         rows.append(["drama total", "", shown(s["final_cny"]), shown(sum((_rework(t) for t in totals), ZERO)),
                      shown(s["idle_cny"]), shown(s["cost.total_cny"]), "", shown(s["cache_savings_cny"]),
-                     shown(s["cost.list_value_cny"]), "", sum(int(t.get("lines") or 0) for t in totals)])
-    return _table(headers, rows, numeric=set(range(1, 11)), total_last=len(totals) > 1)
+                     shown(s["cost.list_value_cny"]), f"– / {sum(int(t.get('lines') or 0) for t in totals)}"])
+    return ("<p class=muted>CNY. Minutes of finished episode; per minute = production cost ÷ minutes; list value = "
+            "what the tools used would cost at list price (free tools are 0 in the cash cost).</p>"
+            + _table(headers, rows, numeric=set(range(1, 10)), total_last=len(totals) > 1))
 
 
 def _bar_chart(title: str, items: list[tuple[str, list[tuple[str, Decimal]]]]) -> str:
