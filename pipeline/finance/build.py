@@ -75,7 +75,7 @@ from pipeline.finance.build_metered import (CST, MeteredDrama, MeteringError, de
                                             exact_sum, ledger_entries, meter_drama, open_ledger, plain_text,
                                             public_url)
 from pipeline.finance.datafiles import YamlError, error_lines, load_exact_file
-from pipeline.money import ZERO
+from pipeline.money import ZERO, shown
 from pipeline.finance.scenario import (Company, DayKey, Days, District, Minutes, Money, Scenario, ScenarioError,
                                        parse_scenario)
 
@@ -213,14 +213,13 @@ class Built:
                                                              f"{cp.tree_size}, root {cp.root_hash})" if cp
                                                              else "(no signed checkpoint)")]
         for drama, m in self.metered.items():
-            lines.append(f"{drama} {m.year}: production cost {plain_text(m.production)} CNY over "
+            lines.append(f"{drama} {m.year}: production cost CNY {shown(m.production)} (exactly {plain_text(m.production)}) over "
                          f"{len(m.attributed)} ledger cost line(s); {len(m.runs)} final episode run(s)"
                          + (f", {len(m.superseded)} older run(s) superseded" if m.superseded else ""))
             for category in CATEGORIES:
                 mine = [l for l in m.attributed if l.category == category]
                 if mine:
-                    lines.append(f"  {category} ({LABELS[category]}): {len(mine)} line(s), "
-                                 f"{plain_text(total(mine))}")
+                    lines.append(f"  {category} ({LABELS[category]}): {len(mine)} line(s), CNY {shown(total(mine))}")
             for name, value in m.fields().items():
                 lines.append(f"  {name} = {plain_text(value)}")
             for run in m.runs:

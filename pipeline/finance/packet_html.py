@@ -7,11 +7,12 @@ from typing import Any, Iterable
 from pipeline.money import shown
 
 _CSS = """
-body{font-family:"Noto Sans CJK SC","PingFang SC","Microsoft YaHei",sans-serif;margin:2em auto;max-width:60em;
+body{font-family:"Noto Sans CJK SC","PingFang SC","Microsoft YaHei",sans-serif;margin:2em auto;max-width:72em;padding:0 1em;
 color:#222;line-height:1.45}
 h1{font-size:1.4em;margin-bottom:.2em}h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;width:100%;font-size:.9em}td,th{border:1px solid #ddd;padding:.3em .5em;
-text-align:left;vertical-align:top}th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums}
+text-align:left;vertical-align:top}th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums;
+white-space:nowrap}td{overflow-wrap:break-word}
 .amount{font-size:1.8em;font-weight:bold}.warn{background:#fff4d6;border:1px solid #e0b040;padding:.5em}
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.85em}code{font-size:.85em}.muted{color:#666}
 """
@@ -40,6 +41,19 @@ def written(value: Any) -> str:
     return str(value)
 
 
+MONEY_FACTS = ("costs.", "revenue_share", "overseas_revenue", "rd_spend", "production_cost", "list_value")
+
+
+def _money_fact(label: str, value: Any) -> str:
+    """Money facts at the fen ("< 0.01" under half a fen; evidence.json keeps them exact), the rest as written."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and any(m in label for m in MONEY_FACTS):
+        try:
+            return shown(value)
+        except ValueError:
+            pass
+    return written(value)
+
+
 def _flat(facts: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = []
     for key, value in facts.items():
@@ -49,7 +63,7 @@ def _flat(facts: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
             label = f"{prefix}{key}"
             if key in DISTRICT_NAMES and prefix:
                 label = f"{prefix}{DISTRICT_NAMES[key]}"
-            rows.append((label, written(value)))
+            rows.append((label, _money_fact(label, value)))
     return rows
 
 
@@ -90,16 +104,19 @@ def _shown(amount: Any) -> str:
 
 
 def _costs(evidence: dict[str, Any]) -> str:
-    rows = [(c.get("category_label") or c.get("category", "final"), c["kind"], c["item"], c.get("stage", ""),
-             _shown(c["amount"]), _shown(c.get("list_value")), c["ledger_index"], c["leaf_hash"][:16] + "…",
-             len(c.get("inclusion_proof", [])), c.get("mlflow_run_id") or "(none: run not in MLflow)")
+    rows = [(c.get("category", "final"), c["kind"], c["item"], c.get("stage", ""),
+             _shown(c["amount"]), _shown(c.get("list_value")), c["ledger_index"], c["leaf_hash"][:12] + "…",
+             len(c.get("inclusion_proof", [])), (c.get("mlflow_run_id") or "")[:12] or "(not in MLflow)")
             for c in evidence["cost_lines"]]
+    labels = sorted({(c.get("category", "final"), c.get("category_label", "")) for c in evidence["cost_lines"]})
+    legend = "; ".join(f"<b>{escape(k)}</b>: {escape(v)}" for k, v in labels if v)
     totals = _table(["field", "CNY"], [(k, _shown(v)) for k, v in evidence["cost_totals"].items()], numeric={1})
     table = _table(["category", "kind", "item", "stage", "amount", "list value", "ledger #", "leaf hash",
                     "proof nodes", "MLflow run"], rows, numeric={4, 5, 6, 8}) if rows else "<p class=muted>no cost lines</p>"
     return (f"<h2>Metered cost lines ({len(rows)} ledger entries)</h2>{totals}"
             "<p class=muted>Amounts are rounded half-up to the fen (\"&lt; 0.01\": under half a fen); evidence.json "
-            f"has them exact, as the ledger holds them, with each entry, its leaf hash and inclusion proof.</p>{table}")
+            f"has them exact, as the ledger holds them, with each entry, its leaf hash and inclusion proof.</p>"
+            + (f"<p class=muted>{legend}</p>" if legend else "") + table)
 
 
 def _verifier(public_key: str) -> str:
