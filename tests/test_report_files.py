@@ -6,7 +6,6 @@ import csv
 import shutil
 import subprocess
 from decimal import Decimal
-from pathlib import Path
 
 from pipeline.finance.report_files import XLSX_MONEY, write
 from pipeline.money import exact_sum, shown, to_fen

@@ -55,7 +55,7 @@ def estimate(job: Path = typer.Argument(..., help="Episode job YAML"),
     from pipeline.job import load_job
     from pipeline.job_backends import planned_shots
     from pipeline.metering.mlflow_sink import tracking_uri_of
-    from pipeline.money import shown_rate
+    from pipeline.money import shown, shown_rate
 
     try:
         j = load_job(job, overrides or [])
@@ -71,7 +71,8 @@ def estimate(job: Path = typer.Argument(..., help="Episode job YAML"),
     for col in columns:
         table.add_column(col)
     for line in result["stages"]:
-        table.add_row(*[str(line[c]) if line[c] is not None else "no history, no price" for c in columns])
+        shown_line = {**line, "estimate_cny": shown(line["estimate_exact"]) if line.get("estimate_exact") else None}
+        table.add_row(*[str(shown_line[c]) if shown_line[c] is not None else "no history, no price" for c in columns])
     Console().print(table)
     typer.echo(result["message"])
     if j.budget.max_cny is not None:
