@@ -62,7 +62,8 @@ def rows(tracking_uri: str, drama: str, episode: str | None = None, ledger_url: 
         run = finals.get(ep)
         parent = by_id.get(run.mlflow_run_id) if run else None
         kids = [c for c in children if parent is not None and c.data.tags.get("mlflow.parentRunId") == run.mlflow_run_id]
-        stage_rows = [_stage_row(ep, c, [l for l in mine if l.category == "final"]) for c in kids]
+        delayed = parent.data.tags.get("microdrama.delayed_from", "") if parent is not None else ""
+        stage_rows = [_stage_row(ep, c, [l for l in mine if l.category == "final"], delayed) for c in kids]
         out.extend(stage_rows)
         out.extend(_extra_rows(ep, mine))
         out.append(_total_row(ep, parent, run, mine, stage_rows))
@@ -75,10 +76,11 @@ def _money(lines: list[Line]) -> dict[str, str]:
             "cost.list_value_cny": str(exact_sum(D(l.body.get("list_value") or "0") for l in lines))}
 
 
-def _stage_row(episode: str, child: Any, final: list[Line]) -> dict[str, Any]:
+def _stage_row(episode: str, child: Any, final: list[Line], delayed: str) -> dict[str, Any]:
+    """`delayed`: when MLflow was unreachable at run time, the time the run was queued (logged later)."""
     stage = child.data.tags["stage"]
     row: dict[str, Any] = {"episode": episode, "stage": stage, "backend": child.data.params.get("backend", ""),
-                           "run_id": child.info.run_id, "delayed": ""}
+                           "run_id": child.info.run_id, "delayed": delayed}
     for m in METRICS:
         row[m] = child.data.metrics.get(m)
     row.update(_money([l for l in final if l.body.get("stage") == stage]))
