@@ -11,11 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from pipeline.job import Job
-from pipeline.metering.mlflow_sink import DEFAULT_URI
+from pipeline.metering.mlflow_sink import DEFAULT_URI, absolute_sqlite, tracking_uri_of  # noqa: F401  (re-exported)
 from pipeline.money import exact_sum
 from pipeline.runner import ensure_ray, publish, run_episode
 from pipeline.orchestrate import new_run_id
@@ -27,20 +26,9 @@ _WRITERS_LOCK = threading.Lock()
 LINGER_S = 60.0  # an idle writer is kept this long for the next episode on the same ledger
 
 
-def absolute_sqlite(url: str) -> str:
-    """sqlite:///relative.db → sqlite:////abs/relative.db, so Ray workers with another cwd agree."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/"):
-        return prefix + str(Path(url[len(prefix):]).resolve())
-    return url
-
-
 def resolve_ledger_url(url: str | None) -> str:
     return absolute_sqlite(url or os.environ.get("MICRODRAMA_LEDGER") or "sqlite:///ledger.db")
 
-
-def tracking_uri_of(uri: str | None) -> str:
-    return absolute_sqlite(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
 
 
 def ledger_writer_name(url: str) -> str:

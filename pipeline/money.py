@@ -102,3 +102,31 @@ def exact_sum(values) -> Decimal:
         ctx.prec, ctx.Emax, ctx.Emin = 100_000, 999_999, -999_999
         ctx.traps[Inexact] = True
         return sum((Decimal(v) for v in values), ZERO)
+
+
+SUB_FEN = "< 0.01"  # what a person reads for a positive amount that rounds to 0.00
+
+
+def shown(amount: Decimal | int | str) -> str:
+    """An amount as a person reads it: half-up to the fen with thousands separators, or "< 0.01" (and
+    "> -0.01") for a non-zero amount under half a fen, so a real cost never reads as nothing. The exact
+    value stays in the data (`plain`)."""
+    value = D(amount)
+    rounded = to_fen(value)
+    if rounded == 0 and value != 0:
+        return SUB_FEN if value > 0 else "> -0.01"
+    return f"{rounded:,.2f}"
+
+
+def shown_rate(amount: Decimal, places: int = 6) -> str:
+    """A small figure that is compared or multiplied (a per-execution rate, a budget check), half-up to
+    `places` decimals (more where needed so it never reads as 0), in plain notation."""
+    value = D(amount)
+    if value == 0:
+        return "0"
+    while places < 30:
+        q = value.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+        if q != 0:
+            return plain(q)
+        places += 2
+    return plain(value)

@@ -38,16 +38,12 @@ from pipeline.stages.script import ScriptStage
 from pipeline.stages.storyboard import StoryboardStage
 from pipeline.stages.translate import TranslateStage
 from pipeline.stages.video import VideoStage
+from pipeline.job_backends import SECTIONS, backend_settings  # noqa: F401  (backend_settings: re-exported)
 
-# stage name → (stage class, settings section naming its backend and hosting)
-STAGES: dict[str, tuple[type, str | None]] = {
-    "script": (ScriptStage, "script"),
-    "translate": (TranslateStage, "translate"),
-    "storyboard": (StoryboardStage, "storyboard"),
-    "dub": (DubStage, "tts"),
-    "video": (VideoStage, "video"),
-    "edit": (EditStage, None),
-}
+# stage name → (stage class, settings section naming its backend and hosting: pipeline/job_backends.py)
+_CLASSES = {"script": ScriptStage, "translate": TranslateStage, "storyboard": StoryboardStage, "dub": DubStage,
+            "video": VideoStage, "edit": EditStage}
+STAGES: dict[str, tuple[type, str | None]] = {name: (_CLASSES[name], section) for name, section in SECTIONS.items()}
 _LOCAL_BACKENDS: dict[str, Any] = {}
 
 
@@ -77,11 +73,6 @@ class StageFailed(Exception):
     def __str__(self) -> str:
         where = f"{self.stage}[{self.shot}]" if self.shot else self.stage
         return f"{where}: {self.message}"
-
-
-def backend_settings(job: Job, stage: str):
-    section = STAGES[stage][1]
-    return getattr(job.stages, section) if section else None
 
 
 def make_backend(job: Job, stage: str) -> Any:
@@ -146,7 +137,8 @@ def execute(info: RunInfo, stage_name: str, call: StageCall, attempt: int = 1,
     meter = Meter(job=info.run_id, drama=info.job.drama, episode=info.job.episode, stage=stage_name,
                   shot=call.shot_id, backend=settings.backend if settings else "ffmpeg", attempt=attempt,
                   gpus=float(settings.num_gpus) if settings else 0.0,
-                  cpus=float(settings.num_cpus) if settings else 1.0)
+                  cpus=float(settings.num_cpus) if settings else 1.0,
+                  meta={"cache_key": key})  # finance attributes a cache hit to the run that built the entry
     begin_attempt(info, meter)
     outputs, error, staging = None, None, None
     try:

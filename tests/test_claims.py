@@ -385,7 +385,8 @@ def test_every_programme_of_the_districts_appears_with_two_decimal_strings():
 def test_trace_cites_seed_clauses_and_total_is_the_sum():
     result = claim(hr("41234.56"), districts=("huairou", "mentougou"))
     trace = prog(result, HR)["trace"]
-    assert "d: basis: costs.compute 41234.56 [003_332d36df0d886521.txt 三(二)1]" in trace
+    assert ("d: basis: costs.compute 41234.56 + costs.rework_compute 0 + costs.idle 0 = 41234.56 "
+            "[003_332d36df0d886521.txt 三(二)1]") in trace
     assert "d: rate: 0.3 x 41234.56 = 12370.368 [003_332d36df0d886521.txt 三(二)1]" in trace
     assert all(re.search(r"\[\d{3}_[0-9a-f]+\.txt .+\]$", step) for step in trace)
     amounts = [Decimal(p["total"]) for p in result["programmes"].values()]

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from pipeline.finance.build import (CST, FactsError, build_scenario, load_facts, parse_facts)
 from pipeline.finance.claims import evaluate
 from pipeline.finance.claims_cli import app
-from pipeline.money import ZERO, D, fmt, to_fen
+from pipeline.money import ZERO, D, exact_sum, fmt, to_fen
 from pipeline.finance.scenario import load_scenario
 
 SCREENPLAY = """\
@@ -139,6 +139,14 @@ def ledger_lines(metered: dict, *episodes: str) -> list:
         return [e for e in ledger.entries(kind="cost") if e.body["job"] in jobs]
 
 
+def drama_lines(metered: dict, drama: str) -> list:
+    """Every cost line of the drama in the ledger: the production cost counts each once (attribution.py)."""
+    from pipeline.metering.ledger import Ledger
+
+    with Ledger.open(metered["ledger_url"]) as ledger:
+        return [e for e in ledger.entries(kind="cost") if e.body["drama"] == drama]
+
+
 def metered_sum(lines: list, kinds: tuple[str, ...]) -> Decimal:
     """Exact sum (ledger amounts carry 50 significant digits; the default context keeps 28)."""
     with localcontext(Context(prec=200, traps=[Inexact])):
@@ -151,20 +159,27 @@ def build(metered: dict, facts: dict | None = None, **kwargs):
 
 
 # ------------------------------------------------------------------------------------------ build
-def test_scenario_costs_are_the_ledger_lines_of_the_latest_runs(metered):
+def test_scenario_costs_are_every_ledger_line_of_the_drama_attributed(metered):
     built = build(metered, dramas=["claims-a"])
-    drama = built.scenario.drama("claims-a")
-    lines = ledger_lines(metered, "a_ep01", "a_ep02")
-    compute, ai_tools = metered_sum(lines, ("compute", "idle")), metered_sum(lines, ("ai_tool",))
-    assert drama.costs.compute == compute and drama.costs.ai_tools == ai_tools  # exact, not only to the fen
-    assert to_fen(ai_tools) == Decimal("3.00")  # 5 s x CNY 0.60
-    assert to_fen(metered_sum(lines, ("idle",))) == Decimal("16.61")  # CNY 12/h x (4987 s - 0.001 h allocated)
+    costs = built.scenario.drama("claims-a").costs
+    lines = drama_lines(metered, "claims-a")
+    compute = metered_sum(lines, ("compute", "idle"))
+    # the huairou basis (compute + rework compute + idle) is every compute line, exact, not only to the fen
+    assert exact_sum([costs.compute, costs.rework_compute, costs.idle]) == compute
+    assert exact_sum([costs.ai_tools, costs.rework_ai_tools]) == metered_sum(lines, ("ai_tool",))
+    assert to_fen(costs.ai_tools) == Decimal("3.00")  # 5 s x CNY 0.60, billed to the final ep02 run
+    assert to_fen(costs.idle) == Decimal("16.61")  # CNY 12/h x (4987 s - 0.001 h allocated)
     superseded = ledger_lines(metered, "superseded")
-    assert superseded and metered_sum(superseded, ("compute",)) > 0  # the first ep01 run is billed in the ledger ...
-    assert [r.run_id for r in built.metered["claims-a"].runs] == [metered["a_ep01"]["run_id"],
-                                                                 metered["a_ep02"]["run_id"]]  # ... not claimed
-    assert built.metered["claims-a"].superseded == (metered["superseded"]["mlflow"]["run_id"],)
-    assert drama.costs.production == 5000 and drama.revenue_share == 600000  # declared facts carried over
+    assert superseded and metered_sum(superseded, ("compute",)) > 0  # the first ep01 run built the outputs ...
+    m = built.metered["claims-a"]
+    by_index = {l.entry.index: l for l in m.attributed}
+    assert {by_index[e.index].category for e in superseded} == {"final"}  # ... the cached re-run took: final cut
+    assert {by_index[e.index].attributed_to for e in superseded} <= {metered["a_ep01"]["run_id"],
+                                                                    metered["a_ep02"]["run_id"]}
+    assert [r.run_id for r in m.runs] == [metered["a_ep01"]["run_id"], metered["a_ep02"]["run_id"]]
+    assert m.superseded == (metered["superseded"]["mlflow"]["run_id"],)
+    assert sorted(by_index) == [e.index for e in lines]  # every line once
+    assert costs.production == 5000 and built.scenario.drama("claims-a").revenue_share == 600000  # declared
 
 
 def test_runtime_share_and_longest_episode_come_from_the_manifests(metered):
@@ -190,7 +205,8 @@ def test_every_drama_of_the_facts_or_the_ones_named(metered):
     both = build(metered)
     assert [d.id for d in both.scenario.dramas] == ["claims-a", "claims-b"]
     b_lines = ledger_lines(metered, "b_ep01")
-    assert both.scenario.drama("claims-b").costs.compute == metered_sum(b_lines, ("compute", "idle"))
+    b_costs = both.scenario.drama("claims-b").costs
+    assert exact_sum([b_costs.compute, b_costs.rework_compute, b_costs.idle]) == metered_sum(b_lines, ("compute", "idle"))
     only_b = build(metered, dramas=["claims-b", "claims-b"])
     assert [d.id for d in only_b.scenario.dramas] == ["claims-b"]
     later = build(metered, facts={**facts_data(), "year": YEAR + 1}, year=YEAR + 1)
@@ -200,7 +216,7 @@ def test_every_drama_of_the_facts_or_the_ones_named(metered):
 
 @pytest.mark.parametrize("change, field, words", [
     (lambda f: f["dramas"][0]["costs"].update(production="10"), "dramas[0].costs.production",
-     "is less than the metered compute + ai_tools"),
+     "is less than the metered production cost"),
     (lambda f: f["dramas"][0].update(episode_minutes_max="0.01"), "dramas[0].episode_minutes_max",
      "shorter than a metered episode"),
     (lambda f: f["company"].update(name="别的公司"), "company.name", f"runs were made by {COMPANY!r}"),
@@ -273,7 +289,7 @@ def packet(metered, tmp_path_factory):
 
 def test_packet_amount_is_30_percent_of_the_metered_compute(metered, packet):
     claim = json.loads((packet["folder"] / "claim.json").read_text(encoding="utf-8"))
-    compute = metered_sum(ledger_lines(metered, "a_ep01", "a_ep02"), ("compute", "idle"))
+    compute = metered_sum(drama_lines(metered, "claims-a"), ("compute", "idle"))
     assert claim["amount"] == fmt(Decimal("0.30") * compute) != "0.00"
     page = (packet["folder"] / "summary.html").read_text(encoding="utf-8")
     assert f"CNY {claim['amount']}" in page
@@ -286,7 +302,7 @@ def test_packet_cost_lines_carry_proofs_that_verify(metered, packet):
 
     evidence = json.loads((packet["folder"] / "evidence.json").read_text(encoding="utf-8"))
     lines = evidence["cost_lines"]
-    expected = ledger_lines(metered, "a_ep01", "a_ep02")
+    expected = drama_lines(metered, "claims-a")
     assert [line["ledger_index"] for line in lines] == [e.index for e in expected]
     assert {line["kind"] for line in lines} == {"compute", "idle", "ai_tool"}
     with Ledger.open(metered["ledger_url"]) as ledger:

@@ -322,7 +322,7 @@ def test_mlflow_unreachable_queues_then_flushes_marked_delayed(tmp_path, ray_ses
         assert not queued[0].exists() and "0 run(s) queued" in cli("mlflow", "pending").output
         flushed = cli("mlflow", "flush")
         assert flushed.exit_code == 0 and "0 run(s) flushed, 0 still queued" in flushed.output, flushed.output
-        report = rows(uri, "fault-drama")
+        report = rows(uri, "fault-drama", ledger_url=ledger)
     finally:
         server.terminate()
         server.wait(timeout=30)

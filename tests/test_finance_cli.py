@@ -79,11 +79,15 @@ def test_mlflow_layout(metered) -> None:
 def test_report_csv_xlsx_html_agree_with_the_ledger(metered, tmp_path) -> None:
     from openpyxl import load_workbook
 
+    from pipeline.finance.report_files import XLSX_MONEY
+    from pipeline.money import shown
+
     ledger_total = exact_sum(e.body["amount"] for e in ledger_entries(metered["ledger"], "cost"))
     outs = {}
     for fmt in ("csv", "xlsx", "html"):
         out = tmp_path / f"report.{fmt}"
-        res = cli("report", "--drama", DRAMA, "--format", fmt, "--out", str(out), "--tracking-uri", metered["tracking"])
+        res = cli("report", "--drama", DRAMA, "--format", fmt, "--out", str(out), "--tracking-uri", metered["tracking"],
+                  "--ledger", metered["ledger"])
         assert res.exit_code == 0, res.output
         assert res.output.strip() == str(out)
         outs[fmt] = out
@@ -91,24 +95,32 @@ def test_report_csv_xlsx_html_agree_with_the_ledger(metered, tmp_path) -> None:
         rows = list(csv.DictReader(fh))
     assert sorted(r["stage"] for r in rows) == sorted([*STAGES, "TOTAL"])
     (total,) = [r for r in rows if r["stage"] == "TOTAL"]
-    assert Decimal(total["cost.total_cny"]) == ledger_total
-    assert Decimal(total["cost_per_minute_cny"]) == \
-        (ledger_total * 60 / Decimal(str(metered["manifest"]["duration_s"]))).quantize(Decimal("0.0001"))
+    assert Decimal(total["cost.total_cny.exact"]) == ledger_total  # exact in the data ...
+    assert total["cost.total_cny"] == shown(ledger_total) and "E" not in total["cost.total_cny"]  # ... fen for people
+    assert all(len(r["cost.total_cny"]) <= 12 for r in rows)  # no 55-digit figures
+    per_minute = ledger_total * 60 / Decimal(str(metered["manifest"]["duration_s"]))  # the manifest rounds to 1e-6 s
+    assert abs(Decimal(total["cost_per_minute_cny.exact"]) / per_minute - 1) < Decimal("1e-6")
     assert total["ledger_checkpoint"].split(":")[0] == str(len(ledger_entries(metered["ledger"])))
-    for col in ("wall_s", "cpu_s", "gpu_s", "gpu_energy_j", "chars", "cache_savings_cny"):
+    for col in ("wall_s", "cpu_s", "gpu_s", "gpu_energy_j", "chars", "cache_savings_cny", "final_cny"):
         assert col in total
 
     sheet = load_workbook(outs["xlsx"]).active
     header = [c.value for c in sheet[1]]
-    xrows = [dict(zip(header, [c.value for c in r])) for r in sheet.iter_rows(min_row=2)]
-    (xtotal,) = [r for r in xrows if r["stage"] == "TOTAL"]
-    assert xtotal["cost.total_cny"] == total["cost.total_cny"] and Decimal(xtotal["cost.total_cny"]) == ledger_total
+    col = header.index("cost.total_cny")
+    assert header[col + 1] == "cost.total_cny.exact"
+    cells = {r[header.index("stage")].value: r[col] for r in sheet.iter_rows(min_row=2)}
+    total_cell = cells.pop("TOTAL")
+    assert isinstance(total_cell.value, float) and total_cell.number_format == XLSX_MONEY  # a number Excel sums
+    assert abs(sum(c.value for c in cells.values()) - total_cell.value) < 1e-12
+    (exact_cell,) = [r[col + 1].value for r in sheet.iter_rows(min_row=2) if r[header.index("stage")].value == "TOTAL"]
+    assert Decimal(exact_cell) == ledger_total
 
     page = outs["html"].read_text(encoding="utf-8")
-    assert "Cost by stage (CNY)" in page and "Cost per minute of output (CNY/min)" in page
-    assert page.count("<svg") == 2 and all(f">{s}<" in page for s in STAGES)
+    assert "Per-episode summary" in page and "Stage breakdown" in page and "per finished minute" in page
+    assert all(f">{s}<" in page for s in STAGES)
 
-    res = cli("report", "--drama", "no-such-drama", "--format", "csv", "--tracking-uri", metered["tracking"])
+    res = cli("report", "--drama", "no-such-drama", "--format", "csv", "--tracking-uri", metered["tracking"],
+              "--ledger", metered["ledger"])
     assert res.exit_code == 2 and "--drama" in res.output
     res = cli("report", "--drama", DRAMA, "--format", "pdf", "--tracking-uri", metered["tracking"])
     assert res.exit_code == 2 and "--format" in res.output
@@ -152,7 +164,17 @@ def test_budget_without_history_stops_once_spent(metered, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     res, job = _budget_run(metered, tmp_path, "ep03", f"sqlite:///{tmp_path / 'empty.db'}", "0")
     assert res.exit_code == 3, res.output
-    assert "stopped before stage 'translate'" in res.output and "no past runs" in res.output
+    assert "stopped before stage 'translate'" in res.output and "no history and no price for translate" in res.output
     assert not job.out_path.exists()
     done = [e.body for e in ledger_entries(metered["ledger"], "usage") if e.body["episode"] == "ep03"]
     assert [u["stage"] for u in done] == ["script"]
+
+
+def test_estimate_without_history_says_so_instead_of_zero(tmp_path) -> None:
+    path = write_job(tmp_path / "job", drama="never-run", shots=2, budget={"max_cny": "0.5"})
+    res = cli("estimate", str(path), *places(tmp_path), "--json", "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert res.exit_code == 0, res.output
+    est = json.loads(res.output)
+    assert est["total_cny"] is None and len(est["unknown_stages"]) == 6  # not "total: 0.00"
+    assert est["message"].startswith("no estimate: no history and no price for script (fountain), ")
+    assert "video (camera-move)" in est["message"]

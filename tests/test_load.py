@@ -99,7 +99,7 @@ def test_twenty_episodes_at_once(tmp_path, ray_session, monkeypatch) -> None:
         assert m["cost"]["usage_records"] == len(mine)
     assert cli("ledger", "verify", "--ledger", env["ledger_url"]).exit_code == 0
 
-    report = rows(env["tracking_uri"], DRAMA)
+    report = rows(env["tracking_uri"], DRAMA, ledger_url=env["ledger_url"])
     totals = {r["episode"]: Decimal(r["cost.total_cny"]) for r in report if r["stage"] == "TOTAL"}
     assert len(totals) == EPISODES
     amounts: dict[str, list[str]] = {}

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from test_claims_build import YEAR, facts_data, ledger_lines, metered_sum, prepare_metered, write_facts
+from pipeline.money import exact_sum
+from test_claims_build import YEAR, drama_lines, facts_data, metered_sum, prepare_metered, write_facts
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "finance.ipynb"
@@ -59,8 +60,11 @@ def test_notebook_claims_match_the_metered_compute(executed):
     nb, metered = executed
     (cell,) = [c for c in nb.cells if "claims-summary" in c.get("metadata", {}).get("tags", [])]
     summary = json.loads(_text(cell))
-    compute = metered_sum(ledger_lines(metered, "a_ep01", "a_ep02"), ("compute", "idle"))
-    assert Decimal(summary["metered"]["compute"]) == compute
+    lines = drama_lines(metered, "claims-a")
+    compute = metered_sum(lines, ("compute", "idle"))  # final cut + rework + idle: the huairou basis
+    fields = summary["metered"]
+    assert exact_sum(fields[f] for f in ("costs.compute", "costs.rework_compute", "costs.idle")) == compute
+    assert Decimal(fields["production"]) == metered_sum(lines, ("compute", "idle", "ai_tool"))
     voucher = summary["claims"]["programmes"]["huairou.compute_voucher"]
     expected = (Decimal("0.30") * compute).quantize(Decimal("0.01"), rounding="ROUND_HALF_UP")
     assert voucher["by_drama"] == {"claims-a": str(expected)} and expected > 0

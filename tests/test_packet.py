@@ -54,7 +54,7 @@ def test_packet_has_amount_trace_evidence_and_deadlines(result, tmp_path):
     assert "ep-01: rate: 0.3 x 41234.56 = 12370.368 [003_332d36df0d886521.txt 三(二)1]" in claim["trace"]
     assert not any(s.startswith("ep-02") for s in claim["trace"])  # only this drama's steps
     evidence = json.loads((folder / "evidence.json").read_text(encoding="utf-8"))
-    assert evidence["cost_totals"] == {"compute": "41234.56", "ai_tool": "12000.00"}
+    assert evidence["cost_totals"] == {"costs.compute": "41234.56", "costs.ai_tools": "12000.00", "costs.rework_compute": "0.00", "costs.rework_ai_tools": "0.00", "costs.idle": "0.00", "production": "53234.56"}
     assert evidence["cost_lines"][0]["stage"] == "video"  # extra fields carried along
     assert evidence["mlflow_run_ids"] == ["run-edit", "run-episode", "run-script", "run-video"]
     assert evidence["declared_facts"]["drama"]["produced_in"] == ["huairou"]
@@ -66,6 +66,12 @@ def test_packet_has_amount_trace_evidence_and_deadlines(result, tmp_path):
     assert "CNY 12370.37" in page and "2026-10-13" in page and "2026-04-21" in page
     assert "<script>" not in page and "&lt;script&gt;" in page  # supplied text is escaped
     assert "http" not in page.split("</style>")[0]  # self-contained: no external assets
+    facts = page.split("<h2>Declared facts</h2>")[1]
+    assert "<td>produced_in</td><td>怀柔区 (huairou)</td>" in facts  # facts as a person writes them
+    assert "<td>rd_key_project</td><td>是</td>" in facts and "<td>overseas</td><td>否</td>" in facts
+    assert "False" not in facts and "True" not in facts and "['huairou']" not in facts
+    assert "怀柔区 (huairou)、通州区（城市副中心） (tongzhou)" in facts  # the company's districts
+    assert "41,000.00" in page and "41,234.56" in page  # amounts at the fen, with separators
 
 
 def test_company_level_packet_and_missing_dates(result, tmp_path):

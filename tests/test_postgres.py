@@ -90,7 +90,7 @@ def test_manifest_names_the_ledger_without_its_password(two_episodes) -> None:
 def test_finance_report_comes_from_the_mlflow_server(two_episodes, mlflow_server) -> None:  # noqa: F811
     from pipeline.finance.report import rows
 
-    data = rows(mlflow_server.url, DRAMA)
+    data = rows(mlflow_server.url, DRAMA, ledger_url=two_episodes["ledger_url"])
     totals = {r["episode"]: r for r in data if r["stage"] == "TOTAL"}
     assert set(totals) == {"ep01", "ep02"}
     for manifest in two_episodes["manifests"]:
@@ -108,12 +108,13 @@ def test_report_command_pulls_from_the_server(two_episodes, mlflow_server, tmp_p
     from tests.tiny_jobs import cli
 
     out = tmp_path / "report.csv"
-    res = cli("report", "--drama", DRAMA, "--format", "csv", "--out", str(out), "--tracking-uri", mlflow_server.url)
+    res = cli("report", "--drama", DRAMA, "--format", "csv", "--out", str(out), "--tracking-uri", mlflow_server.url,
+              "--ledger", two_episodes["ledger_url"])
     assert res.exit_code == 0, res.output
     with out.open(encoding="utf-8") as fh:
         totals = {r["episode"]: r for r in csv.DictReader(fh) if r["stage"] == "TOTAL"}
     assert {m["episode"]: Decimal(m["cost"]["exact_cny"]) for m in two_episodes["manifests"]} == \
-        {e: Decimal(r["cost.total_cny"]) for e, r in totals.items()}
+        {e: Decimal(r["cost.total_cny.exact"]) for e, r in totals.items()}
 
 
 def test_artifacts_are_served_by_the_mlflow_server(two_episodes, mlflow_server) -> None:  # noqa: F811

@@ -1,4 +1,4 @@
-"""`claims build`: a CLAIMS.md scenario for a company-year, from declared facts plus metered MLflow/ledger data.
+"""`claims build`: a docs/claims.md scenario for a company-year, from declared facts plus metered MLflow/ledger data.
 
 Finance never retypes a metered number. A scenario is assembled from two sources:
 
@@ -6,11 +6,15 @@ Finance never retypes a metered number. A scenario is assembled from two sources
   of SCENARIO.yaml, and per drama its launch date, licence, revenue share, production spend, shooting days…
 * **metered figures**, read from MLflow (the index: which runs) and the ledger (the money):
 
-  - `costs.compute`  = Σ `compute` + `idle` cost lines, `costs.ai_tools` = Σ `ai_tool` cost lines, exact
-    Decimal, of the latest finished MLflow episode run of each episode of the drama in the year; a run's
-    cost lines are the ledger `cost` entries whose `job` is the run's `microdrama.run_id` tag. A run's year
-    is its MLflow start time in China Standard Time (UTC+8); a run logged late (tag
-    `microdrama.delayed_from`) counts at the time it was queued.
+  - every ledger `cost` line of the drama is attributed (pipeline/finance/attribution.py): the final cut of
+    each episode (its latest finished MLflow episode run in the year, with cached outputs attributed to the
+    run that produced them, counted once), superseded runs, failed attempts, runs that did not finish, idle
+    nodes. `costs.compute` / `costs.ai_tools` = Σ final-cut `compute` / `ai_tool` lines,
+    `costs.rework_compute` / `costs.rework_ai_tools` = Σ rework lines, `costs.idle` = Σ `idle` lines, exact
+    Decimal. A run's cost lines are the ledger entries whose `job` is its `microdrama.run_id` tag. A run's
+    year is its MLflow start time in China Standard Time (UTC+8); a run logged late (tag
+    `microdrama.delayed_from`) counts at the time it was queued; a run MLflow never logged (a budget stop,
+    a failure) and an idle bill count when the ledger got their first line.
   - `local_runtime_share[district]` = runtime of the shots whose `location_tags` include the district ÷ the
     runtime of all shots, over those runs' manifests (MLflow artifact `episode/manifest.json`), computed
     exactly from whole frames at each episode's fps and written to 12 decimal places (no policy threshold
@@ -21,7 +25,7 @@ Finance never retypes a metered number. A scenario is assembled from two sources
 FACTS.yaml (unknown keys are an error; an example is configs/claims/facts-example.yaml)::
 
     year: 2026                 # optional; when given it must equal --year (facts are per company-year)
-    company:                   # exactly the company block of SCENARIO.yaml (CLAIMS.md)
+    company:                   # exactly the company block of SCENARIO.yaml (docs/claims.md)
       name: 示例影业有限公司    # must equal the `company` tag of the drama's MLflow runs
       districts: [huairou, datong]
       headcount: 4
@@ -41,15 +45,16 @@ FACTS.yaml (unknown keys are an error; an example is configs/claims/facts-exampl
         ip_conversion: false
         yizhuang_theme: false
         produced_in: [huairou]
-        costs:                 # declared spend only; compute and ai_tools are metered and not accepted here
-          production: "300000" # must be >= metered compute + ai_tools
+        costs:                 # declared spend only; compute, ai_tools, rework_*, idle are metered, not accepted
+          production: "300000" # must be >= every metered cost
           investment: "300000"
           overseas_spend: "0"
           local_spend: {datong: "80000"}
         revenue_share: "0"
         shooting_days: {datong: 3, total: 10}
 
-Declaring a metered field (`costs.compute`, `costs.ai_tools`, `local_runtime_share`) is an error naming it.
+Declaring a metered field (`costs.compute`, `costs.ai_tools`, `costs.rework_compute`, `costs.rework_ai_tools`,
+`costs.idle`, `local_runtime_share`) is an error naming it.
 """
 from __future__ import annotations
 
@@ -65,11 +70,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from pipeline.errors import UserError
-from pipeline.finance.build_metered import (CST, MeteredDrama, MeteringError, cost_entries_by_job, default_ledger,
-                                            default_tracking_uri, exact_sum, meter_drama, open_ledger, plain_text,
+from pipeline.finance.attribution import CATEGORIES, FIELDS, LABELS, total
+from pipeline.finance.build_metered import (CST, MeteredDrama, MeteringError, default_ledger, default_tracking_uri,
+                                            exact_sum, ledger_entries, meter_drama, open_ledger, plain_text,
                                             public_url)
 from pipeline.finance.datafiles import YamlError, error_lines, load_exact_file
-from pipeline.money import ZERO
+from pipeline.money import ZERO, shown
 from pipeline.finance.scenario import (Company, DayKey, Days, District, Minutes, Money, Scenario, ScenarioError,
                                        parse_scenario)
 
@@ -138,7 +144,7 @@ def _metered_keys(data: Any) -> list[str]:
             continue
         costs = drama.get("costs")
         found = [k for k in ("local_runtime_share",) if k in drama]
-        found += [f"costs.{k}" for k in ("compute", "ai_tools") if isinstance(costs, dict) and k in costs]
+        found += [f for f in FIELDS if isinstance(costs, dict) and f.split(".", 1)[1] in costs]
         for key in found:
             problems.append(f"dramas[{i}].{key}: is metered (from the ledger and the episode manifests), "
                             "not declared; remove it from the facts file")
@@ -192,27 +198,33 @@ class Built:
     notes: list[str] = field(default_factory=list)  # things finance should know (no runs in the year, ...)
 
     def to_yaml(self) -> str:
-        """SCENARIO.yaml text: a provenance header (comments), then the CLAIMS.md document."""
+        """SCENARIO.yaml text: a provenance header (comments), then the docs/claims.md document."""
         data = _plain(self.scenario.model_dump(mode="python"))
         return self._header() + yaml.safe_dump(data, allow_unicode=True, sort_keys=False, width=120)
 
     def _header(self) -> str:
         cp = self.checkpoint
         lines = [f"Built by `microdrama claims build` at {dt.datetime.now(dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ}.",
-                 "Metered fields (costs.compute, costs.ai_tools, local_runtime_share, episode_minutes_max when not",
-                 "declared) come from MLflow and the ledger: rebuild rather than edit them.",
+                 "Metered fields (costs.compute, costs.ai_tools, costs.rework_*, costs.idle, local_runtime_share,",
+                 "episode_minutes_max when not declared) come from MLflow and the ledger: rebuild, never edit them.",
                  f"facts: {self.facts_source}" + (f" (sha256 {self.facts_sha256})" if self.facts_sha256 else ""),
                  f"MLflow: {public_url(self.tracking_uri)}",
                  f"ledger: {public_url(self.ledger_url)} " + (f"(latest signed checkpoint #{cp.id}: size "
                                                              f"{cp.tree_size}, root {cp.root_hash})" if cp
                                                              else "(no signed checkpoint)")]
         for drama, m in self.metered.items():
-            lines.append(f"{drama} {m.year}: {len(m.runs)} episode run(s), {sum(len(r.lines) for r in m.runs)} "
-                         f"cost line(s), compute {plain_text(m.compute)}, ai_tools {plain_text(m.ai_tools)}"
+            lines.append(f"{drama} {m.year}: production cost CNY {shown(m.production)} (exactly {plain_text(m.production)}) over "
+                         f"{len(m.attributed)} ledger cost line(s); {len(m.runs)} final episode run(s)"
                          + (f", {len(m.superseded)} older run(s) superseded" if m.superseded else ""))
+            for category in CATEGORIES:
+                mine = [l for l in m.attributed if l.category == category]
+                if mine:
+                    lines.append(f"  {category} ({LABELS[category]}): {len(mine)} line(s), CNY {shown(total(mine))}")
+            for name, value in m.fields().items():
+                lines.append(f"  {name} = {plain_text(value)}")
             for run in m.runs:
                 lines.append(f"  {run.episode}: MLflow run {run.mlflow_run_id}, job {run.run_id}, "
-                             f"{run.started:%Y-%m-%d %H:%M} CST, {len(run.lines)} cost line(s)")
+                             f"{run.started:%Y-%m-%d %H:%M} CST, {len(run.lines)} final-cut cost line(s)")
         lines += [f"note: {n}" for n in self.notes]
         return "".join(f"# {line}\n" for line in lines)
 
@@ -234,10 +246,11 @@ def contradictions(facts: Facts, i: int, metered: MeteredDrama) -> list[str]:
     """Declared facts of dramas[i] that the metered data contradicts, each naming the facts field."""
     drama, problems = facts.dramas[i], []
     at = f"dramas[{i}]"
-    spent = exact_sum([metered.compute, metered.ai_tools])
+    spent = metered.production
     if drama.costs.production and drama.costs.production < spent:
-        problems.append(f"{at}.costs.production: {drama.costs.production} is less than the metered compute + "
-                        f"ai_tools ({spent}) of {drama.id}'s {metered.year} runs; production input includes both")
+        problems.append(f"{at}.costs.production: {drama.costs.production} is less than the metered production cost "
+                        f"({plain_text(spent)}: final cut, rework and idle lines) of {drama.id}'s {metered.year} runs; "
+                        "production input includes all of it")
     longest = metered.longest_minutes()
     if drama.episode_minutes_max is not None and longest is not None and drama.episode_minutes_max < longest:
         problems.append(f"{at}.episode_minutes_max: {drama.episode_minutes_max} is shorter than a metered episode "
@@ -252,7 +265,7 @@ def contradictions(facts: Facts, i: int, metered: MeteredDrama) -> list[str]:
 def _drama_data(drama: DramaFacts, metered: MeteredDrama) -> dict[str, Any]:
     data = drama.model_dump(mode="json", exclude={"costs"})
     costs = drama.costs.model_dump(mode="json")
-    data["costs"] = {"compute": plain_text(metered.compute), "ai_tools": plain_text(metered.ai_tools), **costs}
+    data["costs"] = {**{f.split(".", 1)[1]: plain_text(v) for f, v in metered.fields().items()}, **costs}
     if drama.episode_minutes_max is None and metered.longest_minutes() is not None:
         data["episode_minutes_max"] = str(metered.longest_minutes())
     data["local_runtime_share"] = {d: str(s) for d, s in metered.runtime_share().items()}
@@ -281,8 +294,8 @@ def build_scenario(facts: Facts, year: int, *, dramas: list[str] | None = None, 
     uri, url = default_tracking_uri(tracking_uri), default_ledger(ledger_url)
     ledger = open_ledger(url)
     try:
-        by_job = cost_entries_by_job(ledger)
-        metered = {facts.dramas[i].id: meter_drama(facts.dramas[i].id, year, uri, ledger, by_job) for i in chosen}
+        entries = ledger_entries(ledger)
+        metered = {facts.dramas[i].id: meter_drama(facts.dramas[i].id, year, uri, ledger, entries) for i in chosen}
         checkpoint = ledger.latest_checkpoint()
     finally:
         ledger.close()
@@ -293,11 +306,7 @@ def build_scenario(facts: Facts, year: int, *, dramas: list[str] | None = None, 
             problems.append(f"dramas[{i}].id: no MLflow experiment named {m.drama!r} at {public_url(uri)}; "
                             "check --tracking-uri (the drama slug of its episode jobs is the experiment name)")
         elif not m.runs:
-            notes.append(f"{m.drama}: no finished episode run in {year}; its metered figures are 0")
-        if m.unlogged:
-            notes.append(f"{m.drama}: {len(m.unlogged)} job(s) in the ledger have no MLflow run (failed runs, or "
-                         f"runs still queued for MLflow), CNY {plain_text(exact_sum(m.unlogged.values()))} not "
-                         f"claimed: {', '.join(sorted(m.unlogged))}")
+            notes.append(f"{m.drama}: no finished episode run in {year}; its final-cut figures are 0")
         problems += contradictions(facts, i, m)
     if problems:
         raise FactsError([f"{facts_source}: {p}" for p in problems])

@@ -16,11 +16,10 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.money import ZERO, D, exact_sum  # noqa: F401  (exact_sum: re-exported for build)
+from pipeline.finance.attribution import REWORK, Line, attribute, field_totals, total
 from pipeline.finance.scenario import DISTRICTS
 
 CST = dt.timezone(dt.timedelta(hours=8), "CST")  # China Standard Time: the claim year's clock
-COMPUTE_KINDS = ("compute", "idle")  # a rented node's idle time is compute cost
-AI_TOOL_KINDS = ("ai_tool",)
 SHARE_PLACES = Decimal("1e-12")
 MINUTE_PLACES = Decimal("1e-6")
 _WIDE = Context(prec=60)
@@ -42,11 +41,11 @@ class MeteredRun:
     stage_runs: dict[str, str]  # stage -> MLflow child run id
     runtime: Fraction  # seconds, exact (frames / fps)
     by_district: dict[str, Fraction]  # seconds in shots tagged with the district
-    lines: tuple[Any, ...]  # ledger Entry objects of kind "cost"
+    lines: tuple[Any, ...] = ()  # attributed Lines (pipeline/finance/attribution.py) in this episode's final cut
 
     def cost(self, kinds: tuple[str, ...] | None = None) -> Decimal:
-        """Exact sum of this run's cost lines (of these kinds; all when None)."""
-        return exact_sum(D(e.body["amount"]) for e in self.lines if kinds is None or e.body["kind"] in kinds)
+        """Exact sum of this run's final-cut lines (of these kinds; all when None)."""
+        return total(self.lines, kinds=kinds)
 
 
 @dataclass(frozen=True)
@@ -59,24 +58,35 @@ class MeteredDrama:
     ledger_url: str
     experiment_found: bool
     runs: tuple[MeteredRun, ...] = ()
-    superseded: tuple[str, ...] = ()  # MLflow ids of older finished runs of the same episodes, not counted
-    unlogged: dict[str, Decimal] = field(default_factory=dict)  # job -> ledger cost of jobs MLflow has no run of
+    superseded: tuple[str, ...] = ()  # MLflow ids of older finished runs of the same episodes
+    attributed: tuple[Line, ...] = ()  # every cost line of the drama-year with its category (attribution.py)
+    mlflow_runs: dict[str, str] = field(default_factory=dict)  # job -> MLflow episode run id, every logged run
+    stage_runs: dict[str, dict[str, str]] = field(default_factory=dict)  # MLflow episode run -> stage -> child
 
-    def total(self, kinds: tuple[str, ...]) -> Decimal:
-        """Exact sum of the amounts of the cost lines of these kinds."""
-        return exact_sum(run.cost(kinds) for run in self.runs)
+    def fields(self) -> dict[str, Decimal]:
+        """The metered scenario cost fields (costs.compute, costs.rework_compute, ...), exact."""
+        return field_totals(self.attributed)
 
     @property
     def compute(self) -> Decimal:
-        return self.total(COMPUTE_KINDS)
+        return self.fields()["costs.compute"]
 
     @property
     def ai_tools(self) -> Decimal:
-        return self.total(AI_TOOL_KINDS)
+        return self.fields()["costs.ai_tools"]
+
+    @property
+    def production(self) -> Decimal:
+        """Everything metered on the drama in the year: final cut, rework and idle lines."""
+        return total(self.attributed)
+
+    @property
+    def rework(self) -> Decimal:
+        return total(self.attributed, REWORK)
 
     @property
     def list_value(self) -> Decimal:
-        return exact_sum(D(e.body.get("list_value") or "0") for run in self.runs for e in run.lines)
+        return exact_sum(D(l.body.get("list_value") or "0") for l in self.attributed if l.category == "final")
 
     @property
     def runtime(self) -> Fraction:
@@ -98,9 +108,15 @@ class MeteredDrama:
         longest = max((run.runtime for run in self.runs), default=None)
         return None if not longest else _decimal(longest / 60, MINUTE_PLACES, ROUND_CEILING)
 
-    def lines(self) -> list[tuple[MeteredRun, Any]]:
-        """(run, ledger entry) for every cost line, in ledger order."""
-        return sorted(((run, e) for run in self.runs for e in run.lines), key=lambda pair: pair[1].index)
+    def run_ids(self, line: Line) -> tuple[str | None, str | None]:
+        """(MLflow episode run, MLflow stage run) of the run that spent the line; None where MLflow has none."""
+        episode_run = self.mlflow_runs.get(line.job)
+        stage_run = self.stage_runs.get(episode_run or "", {}).get(line.body.get("stage", ""))
+        return episode_run, stage_run or episode_run
+
+    def lines(self) -> list[Line]:
+        """Every attributed cost line, in ledger order."""
+        return sorted(self.attributed, key=lambda line: line.entry.index)
 
 
 def _decimal(value: Fraction, places: Decimal, rounding: str) -> Decimal:
@@ -162,13 +178,19 @@ def _search_all(client: Any, experiment_id: str, query: str) -> list[Any]:
             return runs
 
 
-def latest_runs(client: Any, experiment_id: str, year: int) -> tuple[list[Any], list[str], set[str]]:
-    """The latest finished episode run of each episode in the year, the ids of the runs they supersede, and
-    the job ids (microdrama.run_id) of every episode run MLflow knows for the drama, any year or status."""
+def _within(at: dt.datetime, year: int | None) -> bool:
+    if year is None:  # every year (reports)
+        return True
     first, end = _year_bounds(year)
+    return first <= at < end
+
+
+def latest_runs(client: Any, experiment_id: str, year: int | None) -> tuple[list[Any], list[str], dict[str, Any]]:
+    """The latest finished episode run of each episode in the year, the ids of the runs they supersede, and
+    every episode run MLflow knows for the drama (any year or status) by its job id (microdrama.run_id)."""
     every = _search_all(client, experiment_id, "tags.`microdrama.kind` = 'episode'")
-    known = {r.data.tags.get("microdrama.run_id", "") for r in every}
-    runs = [r for r in every if r.info.status == "FINISHED" and first <= _run_time(r) < end]
+    known = {r.data.tags.get("microdrama.run_id", ""): r for r in every}
+    runs = [r for r in every if r.info.status == "FINISHED" and _within(_run_time(r), year)]
     runs.sort(key=lambda r: (_run_time(r), r.info.start_time))
     latest: dict[str, Any] = {}
     older = []
@@ -226,9 +248,34 @@ def _check_ledger_checkpoint(ledger: Any, run: Any, size: int) -> None:
                             f"{where} recorded; wrong ledger, or it was altered (run `microdrama ledger verify`)")
 
 
-def meter_drama(drama: str, year: int, tracking_uri: str, ledger: Any,
-                costs_by_job: dict[str, list[Any]] | None = None) -> MeteredDrama:
-    """The drama's metered figures for `year`: latest finished run per episode, their ledger cost lines."""
+def ledger_entries(ledger: Any) -> tuple[list[Any], list[Any]]:
+    """The ledger's usage and cost entries (read once, shared by every drama metered from it)."""
+    return ledger.entries(kind="usage"), ledger.entries(kind="cost")
+
+
+def _in_year(lines: list[Line], year: int | None, finals: set[str], run_times: dict[str, dt.datetime]) -> list[Line]:
+    """Lines of the final cut (of this year's final runs) plus the other lines spent in the year: a run's time
+    is its MLflow time, else (a run MLflow never logged, an idle bill) when the ledger got its first line."""
+    first_seen: dict[str, dt.datetime] = {}
+    for line in lines:
+        at = dt.datetime.fromisoformat(line.entry.appended_at.replace("Z", "+00:00")).astimezone(CST)
+        first_seen.setdefault(line.job or line.body.get("usage_key", ""), at)
+    out = []
+    for line in lines:
+        if line.category == "final":
+            if (line.attributed_to or line.job) in finals:
+                out.append(line)
+            continue
+        at = run_times.get(line.job) or first_seen[line.job or line.body.get("usage_key", "")]
+        if _within(at, year):
+            out.append(line)
+    return out
+
+
+def meter_drama(drama: str, year: int | None, tracking_uri: str, ledger: Any,
+                entries: tuple[list[Any], list[Any]] | None = None) -> MeteredDrama:
+    """The drama's metered figures for `year` (every year when None): each episode's final run (latest finished) and every ledger
+    cost line of the drama attributed (pipeline/finance/attribution.py)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -236,21 +283,23 @@ def meter_drama(drama: str, year: int, tracking_uri: str, ledger: Any,
     if exp is None:
         return MeteredDrama(drama, year, tracking_uri, ledger.url, experiment_found=False)
     parents, older, known = latest_runs(client, exp.experiment_id, year)
-    if costs_by_job is None:
-        costs_by_job = cost_entries_by_job(ledger)
-    unlogged = {job: exact_sum(D(e.body["amount"]) for e in lines) for job, lines in costs_by_job.items()
-                if job not in known and any(e.body.get("drama") == drama for e in lines)}
-    children = _stage_runs(client, exp.experiment_id, {p.info.run_id for p in parents})
+    usages, costs = entries if entries is not None else ledger_entries(ledger)
+    finals = {p.data.tags.get("episode", ""): p.data.tags.get("microdrama.run_id", "") for p in parents}
+    finished = {job for job, r in known.items() if r.info.status == "FINISHED"}
+    lines = attribute(drama, usages, costs, finals, finished)
+    lines = _in_year(lines, year, set(finals.values()), {job: _run_time(r) for job, r in known.items()})
+    children = _stage_runs(client, exp.experiment_id, {r.info.run_id for r in known.values()})
     size = ledger.size()
     runs = []
     with tempfile.TemporaryDirectory(prefix="microdrama-build-") as tmp:
         for parent in parents:
-            runs.append(_metered_run(tracking_uri, ledger, parent, children, costs_by_job, size, tmp))
-    return MeteredDrama(drama, year, tracking_uri, ledger.url, True, tuple(runs), tuple(older), unlogged)
+            runs.append(_metered_run(tracking_uri, ledger, parent, children, lines, size, tmp))
+    return MeteredDrama(drama, year, tracking_uri, ledger.url, True, tuple(runs), tuple(older), tuple(lines),
+                        {job: r.info.run_id for job, r in known.items()}, children)
 
 
 def _metered_run(tracking_uri: str, ledger: Any, parent: Any, children: dict[str, dict[str, str]],
-                 costs_by_job: dict[str, list[Any]], size: int, tmp: str) -> MeteredRun:
+                 lines: list[Line], size: int, tmp: str) -> MeteredRun:
     tags = parent.data.tags
     where = f"MLflow run {parent.info.run_id} ({tags.get('episode')})"
     run_id = tags.get("microdrama.run_id")
@@ -264,7 +313,8 @@ def _metered_run(tracking_uri: str, ledger: Any, parent: Any, children: dict[str
     return MeteredRun(episode=tags.get("episode", ""), mlflow_run_id=parent.info.run_id, run_id=run_id,
                       started=_run_time(parent), company=tags.get("company", ""),
                       stage_runs=children.get(parent.info.run_id, {}), runtime=runtime,
-                      by_district=by_district, lines=tuple(costs_by_job.get(run_id, ())))
+                      by_district=by_district,
+                      lines=tuple(l for l in lines if l.category == "final" and (l.attributed_to or l.job) == run_id))
 
 
 def _stage_runs(client: Any, experiment_id: str, parents: set[str]) -> dict[str, dict[str, str]]:
@@ -275,14 +325,6 @@ def _stage_runs(client: Any, experiment_id: str, parents: set[str]) -> dict[str,
         parent = child.data.tags.get("mlflow.parentRunId")
         if parent in parents:
             out.setdefault(parent, {})[child.data.tags.get("stage", "")] = child.info.run_id
-    return out
-
-
-def cost_entries_by_job(ledger: Any) -> dict[str, list[Any]]:
-    """Every ledger `cost` entry, grouped by the job (microdrama run id) it bills."""
-    out: dict[str, list[Any]] = {}
-    for entry in ledger.entries(kind="cost"):
-        out.setdefault(entry.body.get("job", ""), []).append(entry)
     return out
 
 

@@ -46,7 +46,7 @@ class ProgrammeResult:
 
 @dataclass(frozen=True)
 class ClaimResult:
-    """Every programme of the company's districts, evaluated; `to_dict` is the CLAIMS.md output."""
+    """Every programme of the company's districts, evaluated; `to_dict` is the docs/claims.md output."""
 
     year: int
     company: str

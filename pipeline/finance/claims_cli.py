@@ -24,13 +24,13 @@ app = typer.Typer(help="Subsidy claims: evaluate, build and packet company-year 
 
 @app.callback()
 def claims() -> None:
-    """Subsidy claims from metered costs (POLICIES.md, CLAIMS.md)."""
+    """Subsidy claims from metered costs (docs/policies.md, docs/claims.md)."""
 
 
 @app.command("evaluate")
 def evaluate_command(
-    scenario: Annotated[Path, typer.Argument(help="SCENARIO.yaml (CLAIMS.md format)")],
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON document (CLAIMS.md output)")] = False,
+    scenario: Annotated[Path, typer.Argument(help="SCENARIO.yaml (docs/claims.md format)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON document (docs/claims.md output)")] = False,
     policies: Annotated[Path, typer.Option("--policies", help="directory of policy files")] = DEFAULT_POLICY_DIR,
 ) -> None:
     """Evaluate every programme of the company's districts for the scenario's year."""

@@ -7,7 +7,8 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.money import exact_sum
+from pipeline.job_backends import backend_name
+from pipeline.money import exact_sum, shown, shown_rate
 
 
 class BudgetExceeded(UserError):
@@ -54,14 +55,12 @@ def plan(job: Any, shots: int) -> dict[str, int]:
 
 
 def estimate(job: Any, shots: int, tracking_uri: str) -> dict[str, Any]:
-    """Predicted cost per stage and in total; stages with no history are listed as unknown."""
-    from pipeline.orchestrate import backend_settings
-
+    """Predicted cost per stage and in total (exact text; `total_cny` is None when no stage could be estimated);
+    stages with no history are listed as unknown, and `message` says in words what the total covers."""
     rates = learn_rates(tracking_uri, job.drama) or learn_rates(tracking_uri)
-    lines, total, unknown = [], Decimal(0), []
+    lines, known, unknown = [], [], []
     for stage, count in plan(job, shots).items():
-        settings = backend_settings(job, stage)
-        backend = settings.backend if settings else "ffmpeg"
+        backend = backend_name(job, stage)
         rate = rates.get((stage, backend))
         if rate is None:
             unknown.append(stage)
@@ -69,12 +68,25 @@ def estimate(job: Any, shots: int, tracking_uri: str) -> dict[str, Any]:
                           "estimate_cny": None, "samples": 0})
             continue
         amount = rate.per_execution * count
-        total += amount
+        known.append(amount)
         lines.append({"stage": stage, "backend": backend, "executions": count,
                       "per_execution": str(rate.per_execution.quantize(Decimal("0.000001"))),
-                      "estimate_cny": str(amount.quantize(Decimal("0.01"))), "samples": rate.samples})
+                      "estimate_cny": str(amount.quantize(Decimal("0.01"))), "estimate_exact": str(amount),
+                      "samples": rate.samples})
+    total = exact_sum(known) if known else None
     return {"drama": job.drama, "episode": job.episode, "shots": shots, "stages": lines,
-            "total_cny": str(total.quantize(Decimal("0.01"))), "unknown_stages": unknown}
+            "total_cny": None if total is None else str(total.quantize(Decimal("0.01"))),
+            "total_exact": None if total is None else str(total), "unknown_stages": unknown,
+            "message": _message(total, [l for l in lines if l["stage"] in unknown])}
+
+
+def _message(total: Decimal | None, unknown: list[dict[str, Any]]) -> str:
+    missing = ", ".join(f"{l['stage']} ({l['backend']})" for l in unknown)
+    if total is None:
+        return f"no estimate: no history and no price for {missing}; run the episode once to learn its cost"
+    text = f"total: {shown(total)} CNY" + (f" ({shown_rate(total)} exactly)" if shown(total) != shown_rate(total)
+                                          and total < 1 else "")
+    return text + (f", not counting {missing}: no history and no price for them" if unknown else "")
 
 
 class BudgetGuard:
@@ -95,18 +107,16 @@ class BudgetGuard:
             ledger.close()
 
     def __call__(self, stage: str, executions: int) -> None:
-        from pipeline.orchestrate import backend_settings
-
-        settings = backend_settings(self.job, stage)
-        backend = settings.backend if settings else "ffmpeg"
+        backend = backend_name(self.job, stage)
         rate = self.rates.get((stage, backend))
         upcoming = rate.per_execution * executions if rate else Decimal(0)
         spent = self.spent()
         if spent + upcoming > self.limit:
-            basis = (f"estimated {upcoming.quantize(Decimal('0.01'))} CNY for {executions} execution(s)" if rate else
-                     f"no past runs of {stage} with {backend} to estimate it from, so the budget can only stop "
-                     f"the run once it is spent")
+            basis = (f"an estimated {shown_rate(upcoming)} CNY for {executions} execution(s) = "
+                     f"{shown_rate(spent + upcoming)} CNY" if rate else
+                     f"no history and no price for {stage} ({backend}) to estimate it from, so the budget can "
+                     f"only stop the run once it is spent")
             raise BudgetExceeded(
-                f"budget.max_cny: stopped before stage '{stage}': spent {spent.quantize(Decimal('0.01'))} CNY "
-                f"({spent} exactly) + {basis} > {self.limit} CNY. Raise budget.max_cny or pick a cheaper "
-                f"profile; finished stages are cached and a re-run resumes from them.")
+                f"budget.max_cny: stopped before stage '{stage}': spent {shown_rate(spent)} CNY + {basis} > "
+                f"{shown_rate(self.limit)} CNY. Raise budget.max_cny or pick a cheaper profile; finished stages "
+                f"are cached and a re-run resumes from them.")

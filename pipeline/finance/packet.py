@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.errors import UserError
+from pipeline.finance.attribution import CATEGORIES, FIELDS
 from pipeline.finance.build_metered import exact_sum
 from pipeline.finance.claims import ClaimResult, ProgrammeResult
 from pipeline.finance.datafiles import error_lines
@@ -20,8 +21,6 @@ from pipeline.finance.packet_html import render_summary
 from pipeline.finance.scenario import Money
 from pipeline.finance.workdays import CalendarRangeError, add_working_days
 
-COST_KINDS = {"compute": "costs.compute", "ai_tool": "costs.ai_tools"}
-LINE_KINDS = {"compute": ("compute", "idle"), "ai_tool": ("ai_tool",)}  # idle node time is compute cost
 
 
 class PacketError(UserError):
@@ -33,6 +32,7 @@ class CostLine(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="allow")  # quantity, rate, stage ... are carried along
     kind: str = Field(pattern="^(compute|ai_tool|idle)$")
+    category: str = Field(default="final", pattern="^(" + "|".join(CATEGORIES) + ")$")  # attribution.py
     item: str
     amount: Money
     ledger_index: int = Field(ge=0)
@@ -101,17 +101,18 @@ def _evidence(evidence: dict[str, Any]) -> Evidence:
 
 
 def _check_costs(result: ClaimResult, prog: ProgrammeResult, drama_id: str | None, ev: Evidence) -> list[str]:
-    """Metered cost lines of a kind, summed and rounded to the fen, must equal the scenario's figure."""
+    """The cost lines of each metered scenario field (category and kind, attribution.FIELDS), summed and rounded
+    to the fen, must equal the scenario's figure."""
     if drama_id is None:
         return []
     costs = result.scenario.drama(drama_id).costs
-    declared = {"compute": costs.compute, "ai_tool": costs.ai_tools}
     problems = []
-    for kind, field in COST_KINDS.items():
-        lines = [line.amount for line in ev.cost_lines if line.kind in LINE_KINDS[kind]]
-        if lines and to_fen(exact_sum(lines)) != to_fen(declared[kind]):
-            problems.append(f"evidence.cost_lines: {kind} lines add up to {fmt(exact_sum(lines))}, but the scenario's "
-                            f"drama {drama_id!r} {field} is {declared[kind]}; rebuild the scenario from the ledger")
+    for field, (categories, kinds) in FIELDS.items():
+        declared = getattr(costs, field.split(".", 1)[1])
+        lines = [line.amount for line in ev.cost_lines if line.kind in kinds and line.category in categories]
+        if lines and to_fen(exact_sum(lines)) != to_fen(declared):
+            problems.append(f"evidence.cost_lines: the {field} lines add up to {fmt(exact_sum(lines))}, but the "
+                            f"scenario's drama {drama_id!r} {field} is {declared}; rebuild the scenario from the ledger")
     return problems
 
 
@@ -153,8 +154,9 @@ def _claim_doc(result: ClaimResult, prog: ProgrammeResult, drama_id: str | None,
 def _evidence_doc(result: ClaimResult, drama_id: str | None, ev: Evidence,
                   deadlines: list[dict[str, str]]) -> dict[str, Any]:
     lines = [line.model_dump(mode="json") for line in ev.cost_lines]
-    totals = {kind: fmt(exact_sum(l.amount for l in ev.cost_lines if l.kind in LINE_KINDS[kind]))
-              for kind in COST_KINDS}
+    totals = {field: fmt(exact_sum(l.amount for l in ev.cost_lines if l.kind in kinds and l.category in cats))
+              for field, (cats, kinds) in FIELDS.items()}
+    totals["production"] = fmt(exact_sum(l.amount for l in ev.cost_lines))
     facts = result.scenario.drama(drama_id).model_dump(mode="json") if drama_id else {}
     return {
         "cost_lines": lines, "cost_totals": totals, "checkpoint": ev.checkpoint, "public_key": ev.public_key,

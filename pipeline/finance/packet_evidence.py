@@ -12,7 +12,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from pipeline.finance.build_metered import (MeteredDrama, cost_entries_by_job, default_ledger, default_tracking_uri,
+from pipeline.finance.attribution import FIELDS, LABELS
+from pipeline.finance.build_metered import (MeteredDrama, default_ledger, default_tracking_uri, ledger_entries,
                                             meter_drama, open_ledger, plain_text, public_url)
 from pipeline.finance.claims import ClaimResult, evaluate
 from pipeline.money import ZERO
@@ -32,13 +33,13 @@ def check_metered(scenario: Scenario, drama: Drama, metered: MeteredDrama) -> li
     """Each metered field of the scenario's drama must equal the figure re-read from MLflow and the ledger."""
     i = scenario.dramas.index(drama)
     at, problems = f"dramas[{i}]", []
+    declared = {f: getattr(drama.costs, f.split(".", 1)[1]) for f in FIELDS}
     if not metered.experiment_found:
-        claimed = [f for f, v in (("costs.compute", drama.costs.compute), ("costs.ai_tools", drama.costs.ai_tools))
-                   if v] + [f"local_runtime_share.{d}" for d, v in drama.local_runtime_share.items() if v]
+        claimed = [f for f, v in declared.items() if v] + [f"local_runtime_share.{d}"
+                                                           for d, v in drama.local_runtime_share.items() if v]
         return [f"{at}.{f}: is not backed by metered data: no MLflow experiment {drama.id!r} at "
                 f"{public_url(metered.tracking_uri)}" for f in claimed]
-    measured = {"costs.compute": metered.compute, "costs.ai_tools": metered.ai_tools}
-    declared = {"costs.compute": drama.costs.compute, "costs.ai_tools": drama.costs.ai_tools}
+    measured = metered.fields()
     shares = metered.runtime_share()
     for district in sorted(set(shares) | set(drama.local_runtime_share)):
         measured[f"local_runtime_share.{district}"] = shares.get(district, ZERO)
@@ -55,7 +56,8 @@ def cost_line_evidence(metered: MeteredDrama, ledger: Any, checkpoint: Any, publ
     from pipeline.metering.ledger import verify_entry_inclusion
 
     out = []
-    for run, entry in metered.lines():
+    for attributed in metered.lines():
+        entry = attributed.entry
         if entry.index >= checkpoint.tree_size:
             raise PacketError(f"ledger entry {entry.index} ({entry.idempotency_key}) is newer than the latest signed "
                               f"checkpoint (size {checkpoint.tree_size}); run `microdrama ledger checkpoint --ledger "
@@ -66,11 +68,13 @@ def cost_line_evidence(metered: MeteredDrama, ledger: Any, checkpoint: Any, publ
             raise PacketError(f"ledger entry {entry.index}: its inclusion proof does not verify against checkpoint "
                               f"#{checkpoint.id}: {'; '.join(result.problems)}; run `microdrama ledger verify`")
         body = entry.body
+        episode_run, stage_run = metered.run_ids(attributed)
         line = {"kind": body["kind"], "item": body["item"], "amount": body["amount"],
                 "list_value": body.get("list_value"), "ledger_index": entry.index, "leaf_hash": entry.leaf_hash,
-                "inclusion_proof": proof,
-                "mlflow_run_id": run.stage_runs.get(body.get("stage", ""), run.mlflow_run_id),
-                "episode_mlflow_run_id": run.mlflow_run_id, "job": run.run_id,
+                "inclusion_proof": proof, "category": attributed.category,
+                "category_label": LABELS[attributed.category], "mlflow_run_id": stage_run,
+                "episode_mlflow_run_id": episode_run, "job": attributed.job,
+                "attributed_to": attributed.attributed_to or None,
                 **{k: body.get(k) for k in LINE_FIELDS if body.get(k) is not None},
                 "entry": entry.canonical.decode("utf-8")}
         out.append(line)
@@ -86,7 +90,7 @@ def drama_evidence(scenario: Scenario, drama: Drama, metered: MeteredDrama, ledg
     if problems:
         raise StaleScenarioError(problems)
     evidence: dict[str, Any] = {"declared_facts": {**scenario_source, "metered": _metered_summary(metered)}}
-    if not metered.runs:
+    if not metered.attributed:
         return evidence
     checkpoint = ledger.latest_checkpoint()
     if checkpoint is None:
@@ -98,14 +102,16 @@ def drama_evidence(scenario: Scenario, drama: Drama, metered: MeteredDrama, ledg
     evidence.update({"cost_lines": cost_line_evidence(metered, ledger, checkpoint, public_key),
                      "checkpoint": checkpoint.note, "public_key": vkey(public_key),
                      "mlflow_run_ids": sorted({r.mlflow_run_id for r in metered.runs}
-                                              | {c for r in metered.runs for c in r.stage_runs.values()})})
+                                              | {c for r in metered.runs for c in r.stage_runs.values()}
+                                              | {i for l in metered.attributed for i in metered.run_ids(l) if i})})
     return evidence
 
 
 def _metered_summary(metered: MeteredDrama) -> dict[str, Any]:
     shares = metered.runtime_share()
     return {"year": metered.year, "mlflow": public_url(metered.tracking_uri), "ledger": public_url(metered.ledger_url),
-            "costs.compute": plain_text(metered.compute), "costs.ai_tools": plain_text(metered.ai_tools),
+            **{f: plain_text(v) for f, v in metered.fields().items()},
+            "production_cost": plain_text(metered.production),
             "list_value": plain_text(metered.list_value), "runtime_s": str(float(metered.runtime)),
             "local_runtime_share": {d: str(s) for d, s in shares.items()},
             "episodes": {r.episode: f"MLflow run {r.mlflow_run_id}, job {r.run_id}, {r.started:%Y-%m-%d %H:%M} CST, "
@@ -153,11 +159,11 @@ def make_packets(scenario_path: Path | str, programmes: list[str] | None, out_di
     needs_ledger = any(d is not None for _, d in jobs)
     ledger = open_ledger(url) if needs_ledger else None
     try:
-        by_job = cost_entries_by_job(ledger) if ledger else {}
+        entries = ledger_entries(ledger) if ledger else ([], [])
         evidence: dict[str | None, dict[str, Any]] = {None: {"declared_facts": source}}
         for _, d in jobs:
             if d not in evidence:
-                metered = meter_drama(d, scenario.year, uri, ledger, by_job)
+                metered = meter_drama(d, scenario.year, uri, ledger, entries)
                 evidence[d] = drama_evidence(scenario, _drama(scenario, d), metered, ledger, source)
     finally:
         if ledger:

@@ -1,16 +1,18 @@
 """The claim packet's HTML summary: one self-contained page (no scripts, no external assets) for finance."""
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from html import escape
 from typing import Any, Iterable
 
+from pipeline.money import shown
+
 _CSS = """
-body{font-family:"Noto Sans CJK SC","PingFang SC","Microsoft YaHei",sans-serif;margin:2em auto;max-width:60em;
+body{font-family:"Noto Sans CJK SC","PingFang SC","Microsoft YaHei",sans-serif;margin:2em auto;max-width:72em;padding:0 1em;
 color:#222;line-height:1.45}
 h1{font-size:1.4em;margin-bottom:.2em}h2{font-size:1.1em;margin-top:1.6em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;width:100%;font-size:.9em}td,th{border:1px solid #ddd;padding:.3em .5em;
-text-align:left;vertical-align:top}th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums}
+text-align:left;vertical-align:top}th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums;
+white-space:nowrap}td{overflow-wrap:break-word}
 .amount{font-size:1.8em;font-weight:bold}.warn{background:#fff4d6;border:1px solid #e0b040;padding:.5em}
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.85em}code{font-size:.85em}.muted{color:#666}
 """
@@ -24,13 +26,44 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], numeric: set[i
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+DISTRICT_NAMES = {"huairou": "怀柔区", "yizhuang": "亦庄（北京经济技术开发区）", "tongzhou": "通州区（城市副中心）",
+                  "mentougou": "门头沟区", "datong": "大同市"}
+
+
+def written(value: Any) -> str:
+    """A fact as a person writes it: 是/否 for flags, district names, lists joined with 、."""
+    if isinstance(value, bool):
+        return "是" if value else "否"
+    if isinstance(value, (list, tuple)):
+        return "、".join(written(v) for v in value)
+    if isinstance(value, str) and value in DISTRICT_NAMES:
+        return f"{DISTRICT_NAMES[value]} ({value})"
+    return str(value)
+
+
+MONEY_FACTS = ("costs.", "revenue_share", "overseas_revenue", "rd_spend", "production_cost", "list_value")
+
+
+def _money_fact(label: str, value: Any) -> str:
+    """Money facts at the fen ("< 0.01" under half a fen; evidence.json keeps them exact), the rest as written."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and any(m in label for m in MONEY_FACTS):
+        try:
+            return shown(value)
+        except ValueError:
+            pass
+    return written(value)
+
+
 def _flat(facts: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = []
     for key, value in facts.items():
         if isinstance(value, dict) and value:
             rows += _flat(value, f"{prefix}{key}.")
         elif value not in (None, "", [], {}):
-            rows.append((f"{prefix}{key}", value))
+            label = f"{prefix}{key}"
+            if key in DISTRICT_NAMES and prefix:
+                label = f"{prefix}{DISTRICT_NAMES[key]}"
+            rows.append((label, _money_fact(label, value)))
     return rows
 
 
@@ -61,25 +94,29 @@ def _deadlines(evidence: dict[str, Any]) -> str:
 
 
 def _shown(amount: Any) -> str:
-    """A line amount as plain text to 6 decimal places (ledger amounts carry up to 50 digits)."""
+    """A line amount as a person reads it: half-up to the fen, "< 0.01" under half a fen (evidence.json is exact)."""
     if amount in (None, ""):
         return ""
     try:
-        return f"{Decimal(str(amount)).quantize(Decimal('0.000001'), rounding=ROUND_HALF_UP):f}"
-    except InvalidOperation:
+        return shown(amount)
+    except ValueError:
         return str(amount)
 
 
 def _costs(evidence: dict[str, Any]) -> str:
-    rows = [(c["kind"], c["item"], _shown(c["amount"]), _shown(c.get("list_value")), c["ledger_index"],
-             c["leaf_hash"][:16] + "…", len(c.get("inclusion_proof", [])), c.get("mlflow_run_id") or "")
+    rows = [(c.get("category", "final"), c["kind"], c["item"], c.get("stage", ""),
+             _shown(c["amount"]), _shown(c.get("list_value")), c["ledger_index"], c["leaf_hash"][:12] + "…",
+             len(c.get("inclusion_proof", [])), (c.get("mlflow_run_id") or "")[:12] or "(not in MLflow)")
             for c in evidence["cost_lines"]]
-    totals = ", ".join(f"{k}: CNY {v}" for k, v in evidence["cost_totals"].items())
-    table = _table(["kind", "item", "amount", "list value", "ledger #", "leaf hash", "proof nodes", "MLflow run"],
-                   rows, numeric={2, 3, 4, 6}) if rows else "<p class=muted>no cost lines</p>"
-    return (f"<h2>Metered cost lines</h2><p>Totals: {escape(totals)}</p>"
-            "<p class=muted>Line amounts are shown to 6 decimal places; evidence.json has them exact, as the "
-            f"ledger holds them.</p>{table}")
+    labels = sorted({(c.get("category", "final"), c.get("category_label", "")) for c in evidence["cost_lines"]})
+    legend = "; ".join(f"<b>{escape(k)}</b>: {escape(v)}" for k, v in labels if v)
+    totals = _table(["field", "CNY"], [(k, _shown(v)) for k, v in evidence["cost_totals"].items()], numeric={1})
+    table = _table(["category", "kind", "item", "stage", "amount", "list value", "ledger #", "leaf hash",
+                    "proof nodes", "MLflow run"], rows, numeric={4, 5, 6, 8}) if rows else "<p class=muted>no cost lines</p>"
+    return (f"<h2>Metered cost lines ({len(rows)} ledger entries)</h2>{totals}"
+            "<p class=muted>Amounts are rounded half-up to the fen (\"&lt; 0.01\": under half a fen); evidence.json "
+            f"has them exact, as the ledger holds them, with each entry, its leaf hash and inclusion proof.</p>"
+            + (f"<p class=muted>{legend}</p>" if legend else "") + table)
 
 
 def _verifier(public_key: str) -> str:

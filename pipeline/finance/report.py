@@ -1,20 +1,29 @@
-"""Per-episode compute reports for finance, built from `mlflow.search_runs` (never by scraping files)."""
+"""Per-episode production-cost reports for finance: money from the ledger, usage metrics from `mlflow.search_runs`.
+
+An episode's cost is every metered line spent on it across runs (pipeline/finance/attribution.py, the same
+rule `claims build` uses): the final cut (cached outputs attributed to the run that built them), rework
+(superseded runs, failed attempts, runs that did not finish) and idle rented nodes. Rows hold exact Decimal
+text; report_files.py writes them for people (fen-rounded figures beside the exact ones).
+"""
 from __future__ import annotations
 
-import html
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.money import exact_sum
+from pipeline.finance.attribution import REWORK, Line, total
+from pipeline.money import D, exact_sum
 
 METRICS = ["wall_s", "cpu_s", "gpu_s", "gpu_energy_j", "tokens", "video_seconds", "audio_seconds", "images", "chars",
            "steps", "frames", "executions", "cache_hits", "failed_attempts"]
-MONEY = ["cost.total_cny", "cost.compute_cny", "cost.ai_tool_cny", "cost.idle_cny", "cost.list_value_cny"]
+STAGE_MONEY = ["cost.total_cny", "cost.compute_cny", "cost.ai_tool_cny", "cost.list_value_cny"]
+TOTAL_MONEY = ["cost.total_cny", "final_cny", "rework.superseded_cny", "rework.failed_cny", "rework.stopped_cny",
+               "idle_cny", "cost.list_value_cny", "free_tools_value_cny", "cache_savings_cny", "cost_per_minute_cny"]
+MONEY = sorted(set(STAGE_MONEY + TOTAL_MONEY + ["cost.idle_cny"]))
+DRAMA_LEVEL = "(drama)"  # idle lines billed to the drama, not to one episode
 
 
-def _search(tracking_uri: str, drama: str, kind: str, episode: str | None) -> Any:
+def _search(tracking_uri: str, drama: str, kind: str, episode: str | None) -> tuple[Any, list[Any]]:
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -25,150 +34,99 @@ def _search(tracking_uri: str, drama: str, kind: str, episode: str | None) -> An
     query = f"tags.`microdrama.kind` = '{kind}'"
     if episode:
         query += f" and tags.episode = '{episode}'"
-    return mlflow.search_runs([exp.experiment_id], filter_string=query, output_format="list",
-                              order_by=["attributes.start_time ASC"], max_results=50000)
+    return exp, mlflow.search_runs([exp.experiment_id], filter_string=query, output_format="list",
+                                   order_by=["attributes.start_time ASC"], max_results=50000)
 
 
-def rows(tracking_uri: str, drama: str, episode: str | None = None, latest_only: bool = True) -> list[dict]:
-    """One row per episode × stage plus one TOTAL row per episode; money as exact Decimal strings."""
-    parents = _search(tracking_uri, drama, "episode", episode)
-    if latest_only:  # the latest finished run of each episode
-        latest: dict[str, Any] = {}
-        for run in parents:
-            if run.info.status == "FINISHED":
-                latest[run.data.tags["episode"]] = run
-        parents = list(latest.values())
-    if not parents:
-        raise UserError(f"--episode: no finished runs for {drama}/{episode or '*'}")
-    by_parent = {r.info.run_id: r for r in parents}
-    children = [c for c in _search(tracking_uri, drama, "stage", episode)
-                if c.data.tags.get("mlflow.parentRunId") in by_parent]
-    out = []
-    for parent in parents:
-        mine = [c for c in children if c.data.tags["mlflow.parentRunId"] == parent.info.run_id]
-        stage_rows = [_stage_row(parent, c) for c in mine]
+def rows(tracking_uri: str, drama: str, episode: str | None = None, ledger_url: str | None = None) -> list[dict]:
+    """One row per episode × stage of the final cut, a REWORK and an IDLE row where there are such lines, and
+    one TOTAL row per episode (its production cost); money as exact Decimal strings."""
+    from pipeline.finance.build_metered import default_ledger, meter_drama, open_ledger
+
+    _, parents = _search(tracking_uri, drama, "episode", episode)
+    _, children = _search(tracking_uri, drama, "stage", episode)
+    ledger = open_ledger(default_ledger(ledger_url))
+    try:
+        metered = meter_drama(drama, None, tracking_uri, ledger)
+    finally:
+        ledger.close()
+    lines = [l for l in metered.attributed if episode is None or l.episode == episode]
+    finals = {run.episode: run for run in metered.runs if episode is None or run.episode == episode}
+    by_id = {p.info.run_id: p for p in parents}
+    episodes = sorted({l.episode or DRAMA_LEVEL for l in lines} | set(finals))
+    if not episodes:
+        raise UserError(f"--episode: no metered runs for {drama}/{episode or '*'} in the ledger or MLflow")
+    out: list[dict] = []
+    for ep in episodes:
+        mine = [l for l in lines if (l.episode or DRAMA_LEVEL) == ep]
+        run = finals.get(ep)
+        parent = by_id.get(run.mlflow_run_id) if run else None
+        kids = [c for c in children if parent is not None and c.data.tags.get("mlflow.parentRunId") == run.mlflow_run_id]
+        delayed = parent.data.tags.get("microdrama.delayed_from", "") if parent is not None else ""
+        stage_rows = [_stage_row(ep, c, [l for l in mine if l.category == "final"], delayed) for c in kids]
         out.extend(stage_rows)
-        out.append(_total_row(parent, stage_rows))
+        out.extend(_extra_rows(ep, mine))
+        out.append(_total_row(ep, parent, run, mine, stage_rows))
     return out
 
 
-def _stage_row(parent: Any, child: Any) -> dict[str, Any]:
-    row = {"episode": parent.data.tags["episode"], "stage": child.data.tags["stage"],
-           "backend": child.data.params.get("backend", ""), "run_id": child.info.run_id,
-           "delayed": _delayed(parent)}
+def _money(lines: list[Line]) -> dict[str, str]:
+    return {"cost.total_cny": str(total(lines)), "cost.compute_cny": str(total(lines, kinds=["compute"])),
+            "cost.ai_tool_cny": str(total(lines, kinds=["ai_tool"])), "cost.idle_cny": str(total(lines, kinds=["idle"])),
+            "cost.list_value_cny": str(exact_sum(D(l.body.get("list_value") or "0") for l in lines))}
+
+
+def _stage_row(episode: str, child: Any, final: list[Line], delayed: str) -> dict[str, Any]:
+    """`delayed`: when MLflow was unreachable at run time, the time the run was queued (logged later)."""
+    stage = child.data.tags["stage"]
+    row: dict[str, Any] = {"episode": episode, "stage": stage, "backend": child.data.params.get("backend", ""),
+                           "run_id": child.info.run_id, "delayed": delayed}
     for m in METRICS:
         row[m] = child.data.metrics.get(m)
-    for k in MONEY:
-        row[k] = child.data.tags.get(k, "0")
+    row.update(_money([l for l in final if l.body.get("stage") == stage]))
     return row
 
 
-def _total_row(parent: Any, stage_rows: list[dict]) -> dict[str, Any]:
-    row = {"episode": parent.data.tags["episode"], "stage": "TOTAL", "backend": "",
-           "run_id": parent.info.run_id, "delayed": _delayed(parent)}
+def _extra_rows(episode: str, mine: list[Line]) -> list[dict[str, Any]]:
+    """REWORK (superseded, failed, did not finish) and IDLE rows: spend that is in no final-cut stage."""
+    out = []
+    for stage, cats in (("REWORK", REWORK), ("IDLE", ("idle",))):
+        part = [l for l in mine if l.category in cats]
+        if part:
+            row: dict[str, Any] = {"episode": episode, "stage": stage, "backend": "", "run_id": "", "delayed": "",
+                                   "lines": len(part), "runs": len({l.job for l in part})}
+            row.update(_money(part))
+            out.append(row)
+    return out
+
+
+def _total_row(episode: str, parent: Any, run: Any, mine: list[Line], stage_rows: list[dict]) -> dict[str, Any]:
+    row: dict[str, Any] = {"episode": episode, "stage": "TOTAL", "backend": "",
+                           "run_id": parent.info.run_id if parent is not None else "",
+                           "delayed": parent.data.tags.get("microdrama.delayed_from", "") if parent is not None else ""}
     for m in METRICS:
-        vals = [r[m] for r in stage_rows if r[m] is not None]
+        vals = [r[m] for r in stage_rows if r.get(m) is not None]
         row[m] = sum(vals) if vals else None
-    for k in MONEY:
-        row[k] = str(exact_sum(r[k] for r in stage_rows))
-    duration = parent.data.metrics.get("duration_s") or 0.0
-    row["duration_s"] = duration
-    total = Decimal(row["cost.total_cny"])
-    row["cost_per_minute_cny"] = str((total * 60 / Decimal(str(duration))).quantize(Decimal("0.0001"))) \
-        if duration else ""
-    row["cache_savings_cny"] = str(cache_savings(stage_rows))
-    row["ledger_checkpoint"] = (f"{parent.data.tags.get('ledger.checkpoint.size', '')}:"
-                                f"{parent.data.tags.get('ledger.checkpoint.root', '')}")
+    production = total(mine)
+    row.update(_money(mine))
+    row["final_cny"] = str(total(mine, ["final"]))
+    for cat in REWORK:
+        row[f"rework.{cat}_cny"] = str(total(mine, [cat]))
+    row["idle_cny"] = str(total(mine, ["idle"]))
+    row["free_tools_value_cny"] = str(Decimal(row["cost.list_value_cny"]) - production)
+    row["cache_savings_cny"] = str(cache_savings(mine))
+    seconds = Decimal(run.runtime.numerator) / Decimal(run.runtime.denominator) if run is not None else Decimal(0)
+    row["duration_s"] = float(seconds) if run is not None else None
+    row["cost_per_minute_cny"] = str(production * 60 / seconds) if seconds else ""
+    row["lines"] = len(mine)
+    row["runs"] = len({l.job for l in mine})
+    tags = parent.data.tags if parent is not None else {}
+    row["ledger_checkpoint"] = (f"{tags.get('ledger.checkpoint.size', '')}:{tags.get('ledger.checkpoint.root', '')}"
+                                if parent is not None else "")
     return row
 
 
-def _delayed(parent: Any) -> str:
-    """When MLflow was unreachable at run time: the time the run was queued (logged later); else empty."""
-    return parent.data.tags.get("microdrama.delayed_from", "")
-
-
-def cache_savings(stage_rows: list[dict]) -> Decimal:
-    """Estimated cost avoided: cache hits × the stage's average cost per executed (non-cached) run."""
-    saved = Decimal(0)
-    for r in stage_rows:
-        hits, runs = int(r["cache_hits"] or 0), int(r["executions"] or 0)
-        worked = runs - hits
-        if hits and worked:
-            saved += Decimal(r["cost.total_cny"]) / worked * hits
-    return saved.quantize(Decimal("0.01"))
-
-
-def write(rows_: list[dict], path: Path, fmt: str, title: str) -> Path:
-    columns = sorted({k for r in rows_ for k in r}, key=_order)
-    if fmt == "csv":
-        import csv
-
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=columns)
-            w.writeheader()
-            w.writerows(rows_)
-    elif fmt == "xlsx":
-        from openpyxl import Workbook
-
-        wb = Workbook()
-        ws = wb.active
-        ws.title = "compute"
-        ws.append(columns)
-        for r in rows_:
-            ws.append([_cell(r.get(c), c) for c in columns])
-        wb.save(path)
-    elif fmt == "html":
-        path.write_text(render_html(rows_, columns, title), encoding="utf-8")
-    else:
-        raise UserError(f"--format: {fmt!r} is not one of csv, xlsx, html")
-    return path
-
-
-def _cell(v: Any, column: str) -> Any:
-    """Money stays exact text in the workbook (an Excel number is a binary double: 0.1 + 0.2 != 0.3);
-    everything else is written as it is."""
-    return v
-
-
-def _order(col: str) -> tuple[int, str]:
-    first = ["episode", "stage", "backend", "duration_s", "cost.total_cny", "cost.compute_cny",
-             "cost.ai_tool_cny", "cost_per_minute_cny", "cache_savings_cny"]
-    return (first.index(col) if col in first else len(first), col)
-
-
-def _bars(title: str, data: list[tuple[str, Decimal]]) -> str:
-    """A small inline SVG bar chart (no JavaScript, opens anywhere, prints fine)."""
-    if not data:
-        return ""
-    top = max((v for _, v in data), default=Decimal(1)) or Decimal(1)
-    h = 26 * len(data) + 30
-    bars = []
-    for i, (label, v) in enumerate(data):
-        w = float(v / top) * 360
-        y = 24 + i * 26
-        bars.append(f'<text x="0" y="{y + 14}" font-size="12">{html.escape(label)}</text>'
-                    f'<rect x="150" y="{y}" width="{w:.1f}" height="18" fill="#3b7dd8"/>'
-                    f'<text x="{155 + w:.1f}" y="{y + 14}" font-size="12">{v}</text>')
-    return (f'<figure><figcaption>{html.escape(title)}</figcaption><svg width="640" height="{h}" '
-            f'xmlns="http://www.w3.org/2000/svg">{"".join(bars)}</svg></figure>')
-
-
-def render_html(rows_: list[dict], columns: list[str], title: str) -> str:
-    stages: dict[str, Decimal] = {}
-    per_min = []
-    for r in rows_:
-        if r["stage"] == "TOTAL":
-            if r.get("cost_per_minute_cny"):
-                per_min.append((r["episode"], Decimal(r["cost_per_minute_cny"])))
-        else:
-            stages[r["stage"]] = stages.get(r["stage"], Decimal(0)) + Decimal(r["cost.total_cny"])
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape('' if r.get(c) is None else str(r.get(c)))}</td>"
-                                    for c in columns) + "</tr>" for r in rows_)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif}table{border-collapse:collapse;font-size:12px}"
-            "td,th{border:1px solid #ccc;padding:3px 6px}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1>"
-            + _bars("Cost by stage (CNY)", sorted(stages.items()))
-            + _bars("Cost per minute of output (CNY/min)", per_min)
-            + f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>")
+def cache_savings(lines: list[Line]) -> Decimal:
+    """What the final cut took from the cache instead of paying again: the lines of outputs built by an earlier
+    run and reused (each counted once, at what building it cost)."""
+    return total([l for l in lines if l.category == "final" and l.attributed_to])

@@ -1,4 +1,4 @@
-"""SCENARIO.yaml: one company-year of dramas and declared facts, validated exactly as CLAIMS.md specifies."""
+"""SCENARIO.yaml: one company-year of dramas and declared facts, validated exactly as docs/claims.md specifies."""
 from __future__ import annotations
 
 import datetime as dt
@@ -11,7 +11,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from pipeline.errors import UserError
 from pipeline.finance.datafiles import YamlError, error_lines, load_exact_file
-from pipeline.money import ZERO, D, bounded
+from pipeline.money import ZERO, D, bounded, exact_sum
 
 DISTRICTS = ("huairou", "yizhuang", "tongzhou", "mentougou", "datong")
 District = Literal["huairou", "yizhuang", "tongzhou", "mentougou", "datong"]
@@ -70,10 +70,16 @@ class Company(_Strict):
 
 
 class Costs(_Strict):
-    """A drama's costs in CNY; `production` includes compute and ai_tools."""
+    """A drama's costs in CNY; `production` includes every metered cost (compute, ai_tools, rework, idle).
+
+    compute / ai_tools: the lines of the outputs in the final episodes; rework_*: superseded runs, failed
+    attempts, runs that did not finish; idle: idle rented nodes billed to the drama (docs/claims.md)."""
 
     compute: Money = ZERO
     ai_tools: Money = ZERO
+    rework_compute: Money = ZERO
+    rework_ai_tools: Money = ZERO
+    idle: Money = ZERO
     production: Money = ZERO
     investment: Money = ZERO
     overseas_spend: Money = ZERO
@@ -151,9 +157,10 @@ def _check_drama(drama: Drama, at: str) -> list[str]:
             problems.append(f"{at}.shooting_days.{district}: {count} days exceed the total "
                             f"{days['total']}")
     costs = drama.costs
-    if costs.production and costs.production < costs.compute + costs.ai_tools:
-        problems.append(f"{at}.costs.production: {costs.production} is less than compute + ai_tools "
-                        f"({costs.compute + costs.ai_tools}); production input includes both")
+    metered = exact_sum([costs.compute, costs.ai_tools, costs.rework_compute, costs.rework_ai_tools, costs.idle])
+    if costs.production and costs.production < metered:
+        problems.append(f"{at}.costs.production: {costs.production} is less than compute + ai_tools + rework + idle "
+                        f"({metered}); production input includes them all")
     return problems
 
 
@@ -182,7 +189,8 @@ def load_scenario(path: Path | str) -> Scenario:
 
 
 # Scenario fields a policy rule may name, by the kind of value they hold (policies.py checks names).
-_COST_FIELDS = ("compute", "ai_tools", "production", "investment", "overseas_spend")
+_COST_FIELDS = ("compute", "ai_tools", "rework_compute", "rework_ai_tools", "idle", "production", "investment",
+                "overseas_spend")
 DRAMA_NUMBERS = frozenset(
     [f"costs.{name}" for name in _COST_FIELDS]
     + [f"costs.local_spend.{d}" for d in DISTRICTS]

@@ -42,7 +42,7 @@ def flush(tracking_uri: Optional[str] = typer.Option(
                                      "the server it was meant for)")) -> None:
     """Log every queued run whose server answers now, tagged microdrama.delayed_from=<queued at>; exit 1 while
     runs are left in the queue (their server is still unreachable)."""
-    from pipeline.episode import tracking_uri_of
+    from pipeline.metering.mlflow_sink import tracking_uri_of
     from pipeline.metering.mlflow_queue import flush as flush_queue, pending as queued
 
     uri = tracking_uri_of(tracking_uri) if tracking_uri else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import tempfile
 from collections import defaultdict
@@ -22,6 +23,19 @@ STAGE_ORDER = ("script", "translate", "storyboard", "dub", "video", "edit")
 UNIT_METRIC = {"token": "tokens", "second": "video_seconds", "image": "images", "char": "chars",
                "call": "calls", "step": "steps", "frame": "frames"}
 AUDIO_SUFFIX = ":audio"  # TTS backends report seconds of speech as "<tool>:audio" (not seconds of video)
+
+
+def absolute_sqlite(url: str) -> str:
+    """sqlite:///relative.db → sqlite:////abs/relative.db, so Ray workers with another cwd agree."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        return prefix + str(Path(url[len(prefix):]).resolve())
+    return url
+
+
+def tracking_uri_of(uri: str | None) -> str:
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (a relative SQLite path made absolute)."""
+    return absolute_sqlite(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
 
 
 def redact_params(options: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -136,7 +150,7 @@ def log_episode(*, tracking_uri: str, job: Any, manifest: dict[str, Any], usage:
 
 def _log_stage(mlflow: Any, job: Any, stage: str, metrics: dict[str, float], money: dict[str, str],
                parent_id: str) -> None:
-    from pipeline.orchestrate import backend_settings
+    from pipeline.job_backends import backend_settings
 
     settings = backend_settings(job, stage)
     params = {"backend": settings.backend if settings else "ffmpeg"}

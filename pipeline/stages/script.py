@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.job import Job
+from pipeline.job_backends import is_writer, screenplay_path  # noqa: F401  (is_writer: re-exported)
+from pipeline.job_backends import read_source as _parse_source
 from pipeline.script import Script
 from pipeline.stages import StageCall, StageRun, report_all
 
@@ -22,7 +24,7 @@ class ScriptStage:
     writes: tuple[str, ...] = ("script",)
 
     def screenplay_path(self) -> Path:
-        return (self.job.job_dir / self.job.screenplay).resolve()
+        return screenplay_path(self.job)
 
     def cache_key_parts(self, call: StageCall) -> list[Any]:
         s = self.job.stages.script
@@ -50,33 +52,23 @@ class ScriptStage:
         return {"script": str(out), "shots": [s.id for s in script.shots]}
 
 
-def is_writer(cls: type) -> bool:
-    """A script backend that writes the screenplay (an LLM) rather than reading the writer's file."""
-    return hasattr(cls, "write") and not hasattr(cls, "reads_file")
-
-
 def read_source(job: Job) -> Any:
-    """What the job's `screenplay:` file must be for its script backend, parsed (ScreenplayError otherwise):
-    a Script for a file-reading backend, a Treatment for a screenwriter."""
-    from models.registry import resolve
-    from pipeline import screenplay
-
+    """The job's source parsed (`job_backends.read_source`), and checked against the job's languages: a
+    treatment in the primary language; a screenplay that, with the translate backend, supplies every one."""
     from models.mt.none import same_language
     from pipeline.errors import JobError
     from pipeline.stages.translate import supply_problems
 
-    path = ScriptStage(job).screenplay_path()
-    if is_writer(resolve("script", job.stages.script.backend)):
-        treatment = screenplay.load_treatment(path)
-        if treatment.language and not same_language(treatment.language, job.primary_language):
-            raise JobError(f"languages: the treatment is in {treatment.language!r} (its Language: line) but "
-                           f"languages starts with {job.primary_language!r}; put {treatment.language!r} first")
-        return treatment
-    script = screenplay.load(path)
-    problems = supply_problems(job, script)
+    source = _parse_source(job)
+    if not hasattr(source, "shots"):
+        if source.language and not same_language(source.language, job.primary_language):
+            raise JobError(f"languages: the treatment is in {source.language!r} (its Language: line) but "
+                           f"languages starts with {job.primary_language!r}; put {source.language!r} first")
+        return source
+    problems = supply_problems(job, source)
     if problems:
         raise JobError(problems)
-    return script
+    return source
 
 
 def load_script(outputs: dict[str, Any]) -> Script:
