@@ -20,17 +20,22 @@ KeyOpt = typer.Option(None, "--key-file",
                       help="Signing key (default: $MICRODRAMA_LEDGER_KEY_FILE or <ledger dir>/ledger.key)")
 
 
-def _open(url: str | None, key_file: Path | None = None) -> Ledger:
+PubkeyOpt = typer.Option(None, "--pubkey", help="Pinned public key: a signed-note vkey (name+id+key) or a PEM "
+                         "file; default: $MICRODRAMA_LEDGER_PUBKEY, else the trust file's key for this ledger "
+                         "(`ledger pin`); a ledger.pub beside the database is never used")
+
+
+def _open(url: str | None, key_file: Path | None = None, read_only: bool = False) -> Ledger:
     try:
-        return Ledger.open(url or default_ledger_url(), key_file, create=False)
+        return Ledger.open(url or default_ledger_url(), key_file, create=False, read_only=read_only)
     except (ValueError, ImportError, OSError) as e:
         raise typer.BadParameter(str(e), param_hint="--ledger") from e
 
 
 @contextmanager
-def _session(url: str | None, key_file: Path | None = None) -> Iterator[Ledger]:
+def _session(url: str | None, key_file: Path | None = None, read_only: bool = False) -> Iterator[Ledger]:
     """An open ledger; a LedgerError or unreadable input ends the command with its message and exit 1."""
-    led = _open(url, key_file)
+    led = _open(url, key_file, read_only)
     try:
         yield led
     except (LedgerError, ValueError, OSError) as e:
@@ -46,18 +51,40 @@ def _emit(data: dict, as_json: bool, lines: list[str]) -> None:
 
 @app.command()
 def verify(ledger: str | None = LedgerOpt,
-           pubkey: str | None = typer.Option(None, "--pubkey", help="Trusted public key: a PEM file or a "
-                                             "signed-note vkey (name+id+key); default: ledger.pub beside the key"),
+           pubkey: str | None = PubkeyOpt,
+           trusted: list[Path] = typer.Option([], "--trusted", help="A checkpoint held elsewhere (an auditor's "
+                                              "copy, a witness's state, a claim packet's); the log must extend it. "
+                                              "Repeatable"),
            as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
            key_file: Path | None = KeyOpt) -> None:
-    """Recompute every leaf, link, root and checkpoint signature; exit 1 naming the first bad entry."""
-    with _session(ledger, key_file) as led:
-        report = led.verify(pubkey)
+    """Recompute every leaf, link, root and checkpoint signature (read-only: the store is never changed); exit 1
+    naming the first bad entry. Entries after the last checkpoint are reported as unsigned."""
+    from pipeline.metering.ledger_trust import load_trust
+
+    held = [_read_checkpoint(p, "--trusted") for p in trusted]
+    with _session(ledger, key_file, read_only=True) as led:
+        report = led.verify(pubkey, held, load_trust() if held else None)
     data = {"ok": report.ok, "first_bad_index": report.first_bad_index, "size": report.size,
             "root": report.root, "checkpoints_checked": report.checkpoints_checked, "key_id": report.key_id,
-            "problems": report.problems, "ledger": led.url}
-    _emit(data, as_json, [report.summary(), *(f"  - {p}" for p in report.problems)])
+            "signed_size": report.signed_size, "unsigned": list(report.unsigned) if report.unsigned else None,
+            "first_bad_range": list(report.first_bad_range) if report.first_bad_range else None,
+            "held_checked": report.held_checked, "problems": report.problems, "warnings": report.warnings,
+            "ledger": led.url}
+    _emit(data, as_json, [report.summary(), *(f"  - {p}" for p in report.problems),
+                          *(f"  warning: {w}" for w in report.warnings)])
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _read_checkpoint(path: Path, option: str) -> Checkpoint:
+    """A signed checkpoint note from a file (a bare note, or a JSON document with a `checkpoint` note)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("{"):
+            doc = json.loads(text)
+            text = doc.get("checkpoint") or doc.get("note") or ""
+        return Checkpoint.parse(text)
+    except (OSError, ValueError, AttributeError) as e:
+        raise typer.BadParameter(f"{path}: not a signed checkpoint note ({e})", param_hint=option) from None
 
 
 def _resolve(led: Ledger, ref: str) -> Entry:
@@ -81,14 +108,16 @@ def prove(entry: str = typer.Argument(..., help="Entry index or idempotency key"
           size: int | None = typer.Option(None, "--size", help="Tree size to prove against (default: the "
                                              "latest checkpoint that covers the entry)"),
           as_json: bool = typer.Option(False, "--json", help="Print the proof bundle as JSON"),
+          pubkey: str | None = PubkeyOpt,
           key_file: Path | None = KeyOpt) -> None:
-    """Print an entry, its leaf hash, its inclusion proof and the signed checkpoint it verifies against."""
-    with _session(ledger, key_file) as led:
+    """Print an entry, its leaf hash, its inclusion proof and the signed checkpoint it verifies against (checked
+    with the pinned key)."""
+    with _session(ledger, key_file, read_only=True) as led:
         e = _resolve(led, entry)
         cp = _checkpoint_for(led, e.index, size)
         tree_size = cp.tree_size if cp else (size or led.size())
         proof = led.inclusion_proof(e.index, tree_size)
-        public = led.trusted_public_key()
+        public = led.trusted_public_key(pubkey)
         result = verify_entry_inclusion(e, proof, cp, public) if cp else None
         root = cp.root_hash if cp else led.root_hash(tree_size)
     data = {"entry": json.loads(e.canonical), "canonical": e.canonical.decode(), "index": e.index,
@@ -113,7 +142,7 @@ def checkpoint(ledger: str | None = LedgerOpt, as_json: bool = typer.Option(Fals
     """Sign the current tree head (size, root, time) and print the signed note."""
     with _session(ledger, key_file) as led:
         cp = led.checkpoint()
-        verifier = vkey(led.public_key())
+        verifier = vkey(led.public_key(), led.origin)
     data = {"id": cp.id, "origin": cp.origin, "tree_size": cp.tree_size, "root_hash": cp.root_hash,
             "timestamp": cp.timestamp, "key_id": cp.key_id, "vkey": verifier, "note": cp.note}
     _emit(data, as_json, [cp.note.rstrip("\n"), f"# checkpoint #{cp.id}; verifier key: {verifier}"])
@@ -190,6 +219,8 @@ def bill_idle(node: str = typer.Option(..., "--node", help="The rented node, as 
              for line, e in zip(lines, entries)] or ["nothing idle"]
     _emit(data, as_json, text)
 
+
+from pipeline.metering import ledger_cli_audit as _audit  # noqa: E402,F401  (registers consistency, pin, ...)
 
 if __name__ == "__main__":  # pragma: no cover
     app()
