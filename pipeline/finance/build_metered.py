@@ -43,6 +43,8 @@ class MeteredRun:
     runtime: Fraction  # seconds, exact (frames / fps)
     by_district: dict[str, Fraction]  # seconds in shots tagged with the district
     lines: tuple[Any, ...]  # ledger Entry objects of kind "cost"
+    checkpoint_size: int | None = None  # the run's own signed checkpoint (MLflow tags), when it recorded one
+    checkpoint_root: str = ""
 
     def cost(self, kinds: tuple[str, ...] | None = None) -> Decimal:
         """Exact sum of this run's cost lines (of these kinds; all when None)."""
@@ -130,11 +132,11 @@ def _absolute(url: str) -> str:
 
 
 def open_ledger(url: str) -> Any:
-    """The ledger at `url`, read-only in spirit: a missing SQLite file is an error, never a new ledger."""
+    """The ledger at `url`, opened read-only: a missing SQLite file is an error, never a new ledger."""
     from pipeline.metering.ledger import Ledger
 
     try:
-        return Ledger.open(url, create=False)
+        return Ledger.open(url, create=False, read_only=True)
     except (FileNotFoundError, ValueError, ImportError, OSError) as err:
         raise MeteringError(f"--ledger: cannot open {url}: {err}") from None
 
@@ -264,7 +266,9 @@ def _metered_run(tracking_uri: str, ledger: Any, parent: Any, children: dict[str
     return MeteredRun(episode=tags.get("episode", ""), mlflow_run_id=parent.info.run_id, run_id=run_id,
                       started=_run_time(parent), company=tags.get("company", ""),
                       stage_runs=children.get(parent.info.run_id, {}), runtime=runtime,
-                      by_district=by_district, lines=tuple(costs_by_job.get(run_id, ())))
+                      by_district=by_district, lines=tuple(costs_by_job.get(run_id, ())),
+                      checkpoint_size=int(tags["ledger.checkpoint.size"]) if "ledger.checkpoint.size" in tags else None,
+                      checkpoint_root=tags.get("ledger.checkpoint.root", ""))
 
 
 def _stage_runs(client: Any, experiment_id: str, parents: set[str]) -> dict[str, dict[str, str]]:
@@ -278,11 +282,37 @@ def _stage_runs(client: Any, experiment_id: str, parents: set[str]) -> dict[str,
     return out
 
 
-def cost_entries_by_job(ledger: Any) -> dict[str, list[Any]]:
-    """Every ledger `cost` entry, grouped by the job (microdrama run id) it bills."""
+def cost_entries_by_job(ledger: Any, public_key: Any = None) -> dict[str, list[Any]]:
+    """Every ledger `cost` entry a signed checkpoint covers, grouped by the job (microdrama run id) it bills.
+
+    Nothing stored is trusted: the latest checkpoint must verify against the pinned key (`public_key`, else
+    $MICRODRAMA_LEDGER_PUBKEY, else the trust file), and the bytes of every entry it covers must hash, in
+    order, to its signed root. Entries after that checkpoint are not evidence yet and are left out."""
+    from pipeline.metering.ledger import Entry
+    from pipeline.metering.merkle import MerkleTree, leaf_hash
+
+    cp = ledger.latest_checkpoint()
+    if cp is None:
+        return {}
+    verifier = ledger.trusted_public_key(public_key)
+    if verifier is None:
+        raise MeteringError(f"--ledger: no key is pinned for {ledger.origin}; pass --pubkey VKEY, set "
+                            "$MICRODRAMA_LEDGER_PUBKEY or run `microdrama ledger pin VKEY` (the ledger's vkey, "
+                            "received when it was set up)")
+    bad = verifier.problems(cp)
+    if bad:
+        raise MeteringError(f"--ledger: its latest checkpoint #{cp.id} does not verify against the pinned key "
+                            f"({'; '.join(bad)}); run `microdrama ledger verify`")
+    signed = [e for e in ledger.entries() if e.index < cp.tree_size]
+    rebuilt = [Entry.from_canonical(e.canonical) for e in signed]
+    if [e.index for e in rebuilt] != list(range(cp.tree_size)) or \
+            MerkleTree([leaf_hash(e.canonical) for e in rebuilt]).root().hex() != cp.root_hash:
+        raise MeteringError(f"--ledger: the bytes of entries 0..{cp.tree_size - 1} do not hash to the root signed "
+                            f"by checkpoint #{cp.id}: the ledger was altered; run `microdrama ledger verify`")
     out: dict[str, list[Any]] = {}
-    for entry in ledger.entries(kind="cost"):
-        out.setdefault(entry.body.get("job", ""), []).append(entry)
+    for entry in rebuilt:
+        if entry.kind == "cost":
+            out.setdefault(entry.body.get("job", ""), []).append(entry)
     return out
 
 
