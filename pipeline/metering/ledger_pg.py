@@ -31,7 +31,7 @@ def setup_roles(admin_url: str, owner: str, writer: str, writer_password: str | 
     done: list[str] = []
     with psycopg.connect(admin_url, autocommit=True) as conn, conn.transaction(), conn.cursor() as cur:
         def run(stmt: str, shown: str | None = None, params: tuple = ()) -> None:
-            cur.execute(stmt, params)
+            cur.execute(stmt, params or None)
             done.append(shown or stmt)
 
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (PG_SCHEMA_LOCK,))
