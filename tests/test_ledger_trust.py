@@ -110,6 +110,26 @@ def test_verify_never_changes_the_store(url):
     assert conn.execute("SELECT count(*) FROM ledger_meta").fetchone()[0] == 0
 
 
+def test_read_only_media_is_read_as_immutable(url, monkeypatch):
+    """Where SQLite cannot open the file even with mode=ro (no -shm can be made on read-only media), verify
+    reads it as immutable instead of failing with a traceback."""
+    from pipeline.metering import ledger_store
+
+    with Ledger.open(url) as led:
+        fill(led, 3, checkpoints_at=(3,))
+    real, tried = sqlite3.connect, []
+
+    def connect(target, *args, **kwargs):
+        tried.append(str(target))
+        if "mode=ro" in str(target):
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return real(target, *args, **kwargs)
+
+    monkeypatch.setattr(ledger_store.sqlite3, "connect", connect)
+    code, report = verify(url)
+    assert code == 0 and report["size"] == 3 and any("immutable=1" in t for t in tried)
+
+
 def test_replace_edit_names_the_entry_instead_of_crashing(url):
     with Ledger.open(url) as led:
         fill(led, 5, checkpoints_at=(5,))
