@@ -92,6 +92,13 @@ def test_key_lives_outside_the_ledger_folder_and_a_planted_pub_is_never_trusted(
     assert report["key_id"] == genuine.split("+")[1]
 
 
+def test_a_key_left_beside_the_ledger_is_not_silently_replaced(url, tmp_path):
+    with Ledger.open(url, key_file=tmp_path / "data" / "ledger.key") as led:  # the old default place
+        fill(led, 2, checkpoints_at=(2,))
+    with Ledger.open(url) as led, pytest.raises(LedgerError, match="sits beside the ledger"):
+        led.checkpoint()  # not a fresh key in the config dir that the pinned key would then reject
+
+
 # -- read-only verify, every tamper case named --------------------------------------------------------------------
 
 def test_verify_never_changes_the_store(url):

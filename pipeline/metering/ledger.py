@@ -264,6 +264,11 @@ class Ledger:
     # -- checkpoints -------------------------------------------------------------------------------------
     def _signing_key(self) -> LedgerKey:
         if self._key is None:
+            legacy = self._store.ledger_dir / "ledger.key" if self._store.ledger_dir else None
+            if legacy and legacy.exists() and not self._key_path.exists() and legacy != self._key_path:
+                raise LedgerError(f"{legacy} sits beside the ledger (the old default): move it to {self._key_path} "
+                                  "(and ledger.pub with it), or set $MICRODRAMA_LEDGER_KEY_FILE, so that whoever can "
+                                  "write the database cannot also re-sign it")
             self._key = load_or_create_key(self._key_path)
         return self._key
 
