@@ -154,7 +154,7 @@ def show(ledger: str | None = LedgerOpt,
          kind: str | None = typer.Option(None, "--kind", help="Only entries of this kind"),
          as_json: bool = typer.Option(False, "--json")) -> None:
     """Print the latest entries and the latest checkpoint."""
-    with _session(ledger) as led:
+    with _session(ledger, read_only=True) as led:
         found = led.tail(tail, kind)
         latest = led.latest_checkpoint()
         size = led.size()
