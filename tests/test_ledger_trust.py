@@ -429,3 +429,13 @@ def test_postgres_writer_can_only_insert_and_select(postgres, tmp_path):  # noqa
             conn.execute("DELETE FROM ledger_entries WHERE idx = 2")
     assert cli.invoke(app, ["pg-setup", "--admin-url", admin, "--owner", "lg_owner", "--writer", "lg_writer"]
                       ).exit_code == 0  # idempotent
+
+
+def test_prove_takes_the_pinned_key(url):
+    with Ledger.open(url) as led:
+        fill(led, 3, checkpoints_at=(3,))
+        origin = led.origin
+    assert cli.invoke(app, ["prove", "1", "--ledger", url]).exit_code == 0  # the trust file's key
+    other = vkey(Ed25519PrivateKey.generate().public_key(), origin)
+    res = cli.invoke(app, ["prove", "1", "--ledger", url, "--pubkey", other])
+    assert res.exit_code == 1 and "NOT VERIFIED" in res.output and "not by the trusted key" in res.output

@@ -123,7 +123,7 @@ def prove(entry: str = typer.Argument(..., help="Entry index or idempotency key"
     data = {"entry": json.loads(e.canonical), "canonical": e.canonical.decode(), "index": e.index,
             "leaf_hash": e.leaf_hash, "tree_size": tree_size, "root_hash": root, "inclusion_proof": proof,
             "checkpoint": cp.note if cp else None, "verified": bool(result),
-            "problems": result.problems if result else ["no signed checkpoint covers this entry"]}
+            "problems": result.problems if result is not None else ["no signed checkpoint covers this entry"]}
     status = (f"inclusion proof verifies against signed checkpoint #{cp.id}" if result
               else "NOT VERIFIED: " + "; ".join(data["problems"]))
     if cp is None:
