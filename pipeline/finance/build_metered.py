@@ -307,8 +307,10 @@ def cost_entries_by_job(ledger: Any, public_key: Any = None) -> dict[str, list[A
     rebuilt = [Entry.from_canonical(e.canonical) for e in signed]
     if [e.index for e in rebuilt] != list(range(cp.tree_size)) or \
             MerkleTree([leaf_hash(e.canonical) for e in rebuilt]).root().hex() != cp.root_hash:
-        raise MeteringError(f"--ledger: the bytes of entries 0..{cp.tree_size - 1} do not hash to the root signed "
-                            f"by checkpoint #{cp.id}: the ledger was altered; run `microdrama ledger verify`")
+        named = next((f"entry {e.index} ({e.idempotency_key}) was altered: " for e, r in zip(signed, rebuilt)
+                      if e.leaf_hash != r.leaf_hash or e.index != r.index), "")
+        raise MeteringError(f"--ledger: {named}the bytes of entries 0..{cp.tree_size - 1} do not hash to the root "
+                            f"signed by checkpoint #{cp.id}; run `microdrama ledger verify`")
     out: dict[str, list[Any]] = {}
     for entry in rebuilt:
         if entry.kind == "cost":
