@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,7 +36,7 @@ LEDGER_ENV = "MICRODRAMA_LEDGER"
 DEFAULT_URL = "sqlite:///ledger.db"
 ENTRY_VERSION = 1
 PublicKeyLike = Ed25519PublicKey | LogVerifier | bytes | str | Path
-log = __import__("logging").getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 class LedgerError(RuntimeError):
