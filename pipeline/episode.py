@@ -165,7 +165,8 @@ def _run(job: Job, writer: Any, url: str, *, quiet: bool, address: str | None, t
     manifest["cost"] = {"total_cny": str(total.quantize(Decimal("0.01"))), "exact_cny": str(total),
                         "usage_records": len(usage), "cost_lines": len(costs)}
     manifest["ledger"] = {"url": _public_url(url), "tree_size": checkpoint["tree_size"],
-                          "root_hash": checkpoint["root_hash"], "key_id": checkpoint["key_id"]}
+                          "root_hash": checkpoint["root_hash"], "key_id": checkpoint["key_id"],
+                          "checkpoint": checkpoint["note"]}  # the whole signed note: a holder can check it later
     out = publish(job, edit, manifest)
     from pipeline.metering.mlflow_queue import log_or_queue
 

@@ -8,6 +8,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# the ledger's signing key and pinned keys live in a config dir apart from any ledger: one throwaway per session
+os.environ.setdefault("MICRODRAMA_CONFIG_DIR", __import__("tempfile").mkdtemp(prefix="microdrama-config-"))
 
 
 @pytest.fixture(scope="session")

@@ -294,7 +294,7 @@ def test_packet_amount_is_30_percent_of_the_metered_compute(metered, packet):
     page = (packet["folder"] / "summary.html").read_text(encoding="utf-8")
     assert f"CNY {claim['amount']}" in page
     assert "2026-10-13" in page and "2026-04-14" in page  # dispute: 5 working days; settlement: 30 working days
-    assert "microdrama-ledger+" in page  # the verifier key
+    assert "microdrama.ledger/" in page and "+" in page  # the verifier key, named after the ledger's origin
 
 
 def test_packet_cost_lines_carry_proofs_that_verify(metered, packet):
@@ -318,6 +318,17 @@ def test_packet_cost_lines_carry_proofs_that_verify(metered, packet):
     assert not verify_entry_inclusion(forged.encode(), lines[-1]["inclusion_proof"], evidence["checkpoint"], trusted)
     runs = {metered[k]["mlflow"]["run_id"] for k in ("a_ep01", "a_ep02")}
     assert runs <= set(evidence["mlflow_run_ids"])
+    from pipeline.metering.ledger import Checkpoint
+    from pipeline.metering.merkle import verify_consistency
+
+    cp = Checkpoint.parse(evidence["checkpoint"])  # each run's own checkpoint, proved to be extended by the packet's
+    assert {r["mlflow_run_id"] for r in evidence["run_checkpoints"]} == runs
+    for r in evidence["run_checkpoints"]:
+        proof = [bytes.fromhex(h) for h in r["consistency_proof"]]
+        assert r["tree_size"] < cp.tree_size and verify_consistency(
+            r["tree_size"], cp.tree_size, bytes.fromhex(r["root_hash"]), bytes.fromhex(cp.root_hash), proof)
+        assert not verify_consistency(r["tree_size"], cp.tree_size, bytes.fromhex(r["root_hash"]),
+                                      bytes.fromhex(cp.root_hash), proof[1:] or [b"\0" * 32])
     assert evidence["declared_facts"]["drama"]["revenue_share"] == "600000"
 
 

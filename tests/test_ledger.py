@@ -193,7 +193,7 @@ def test_roots_and_proofs_for_an_auditor(led, url):
     leaves = [bytes.fromhex(e.leaf_hash) for e in led.entries()]
     assert led.root_hash() == merkle.root(leaves).hex() == cp13.root_hash
     assert led.root_hash(7) == merkle.root(leaves[:7]).hex() == cp7.root_hash
-    pub = Path(url[len("sqlite:///"):]).with_name("ledger.pub")
+    pub = led.key_path.with_suffix(".pub")  # the public half, written beside the key (not beside the DB)
     entry = led.get(5)
     proof = led.inclusion_proof(5, 13)
     assert verify_entry_inclusion(entry.canonical, proof, cp13.note, pub)
@@ -213,7 +213,7 @@ def test_checkpoint_note_is_a_c2sp_signed_note(led):
     text, _, sig = cp.note.partition("\n\n")
     lines = text.split("\n")
     assert lines[0] == led.origin and lines[1] == "3" and lines[3].startswith("time ")
-    assert sig.startswith("\u2014 microdrama-ledger ") and sig.endswith("\n")
+    assert sig.startswith(f"\u2014 {led.origin} ") and sig.endswith("\n")  # key name = origin (tlog-checkpoint)
     assert cp.verify(led.public_key()) == []
 
 
@@ -221,7 +221,8 @@ def test_key_file_is_private_and_never_shown(led, url, caplog, capsys):
     caplog.set_level("DEBUG")
     fill(led, 2)
     cp = led.checkpoint()
-    key_path = Path(url[len("sqlite:///"):]).with_name("ledger.key")
+    key_path = led.key_path
+    assert not key_path.is_relative_to(Path(url[len("sqlite:///"):]).parent)  # the key is kept apart from the DB
     assert key_path.stat().st_mode & 0o777 == 0o600 and key_path.with_suffix(".pub").exists()
     pem = key_path.read_text()
     private = serialization.load_pem_private_key(pem.encode(), None).private_bytes(
@@ -408,7 +409,7 @@ def test_cli_verify_prove_checkpoint_show(led, url, tmp_path):
     res = cli.invoke(app, ["prove", "3", "--ledger", url])
     assert res.exit_code == 1 and "ledger checkpoint" in res.output  # nothing signed yet
     res = cli.invoke(app, ["checkpoint", "--ledger", url])
-    assert res.exit_code == 0 and led.origin in res.output and "microdrama-ledger+" in res.output
+    assert res.exit_code == 0 and led.origin in res.output and f"{led.origin}+" in res.output
     res = cli.invoke(app, ["prove", "job-1/video/s03/1", "--ledger", url, "--json"])
     bundle = json.loads(res.output)
     assert res.exit_code == 0 and bundle["verified"] and bundle["index"] == 3 and bundle["tree_size"] == 6
@@ -424,7 +425,7 @@ def test_cli_verify_prove_checkpoint_show(led, url, tmp_path):
     other.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     assert cli.invoke(app, ["verify", "--ledger", url, "--pubkey", str(other)]).exit_code == 1
-    pinned = vkey(led.public_key())  # what an auditor pins: name+key id+key
+    pinned = vkey(led.public_key(), led.origin)  # what an auditor pins: name (= origin)+key id+key
     res = cli.invoke(app, ["verify", "--ledger", url, "--pubkey", pinned])
     assert res.exit_code == 0 and pinned.split("+")[1] in res.output
     conn = raw(url)
@@ -436,7 +437,7 @@ def test_cli_verify_prove_checkpoint_show(led, url, tmp_path):
     res = cli.invoke(app, ["verify", "--ledger", f"sqlite:///{tmp_path}/missing.db"])
     assert res.exit_code != 0 and not (tmp_path / "missing.db").exists()
     conn.close()
-    conn = raw(url)  # opening the ledger re-armed the append-only triggers
+    conn = raw(url)  # verify opened it read-only: nothing re-armed; raw() drops the triggers anyway
     conn.execute("UPDATE ledger_checkpoints SET note = 'garbage' WHERE id = 1")
     conn.close()
     res = cli.invoke(app, ["prove", "1", "--ledger", url])

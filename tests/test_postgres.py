@@ -85,6 +85,14 @@ def test_manifest_names_the_ledger_without_its_password(two_episodes) -> None:
         assert manifest["ledger"]["url"].startswith("postgresql://127.0.0.1:")
         assert pg.password not in json.dumps(manifest)
     assert not list((two_episodes["tmp"] / "mlflow-queue").glob("*.json"))  # logged, none queued
+    from pipeline.metering.ledger import Checkpoint, Ledger
+
+    with Ledger.open(two_episodes["ledger_url"], read_only=True) as ledger:
+        held = [Checkpoint.parse(m["ledger"]["checkpoint"]) for m in two_episodes["manifests"]]  # the whole note
+        assert [(c.tree_size, c.root_hash) for c in held] == [(m["ledger"]["tree_size"], m["ledger"]["root_hash"])
+                                                              for m in two_episodes["manifests"]]
+        report = ledger.verify(held=held)  # each manifest's checkpoint is one the log must still extend
+        assert report.ok and report.held_checked == 2, report.problems
 
 
 def test_finance_report_comes_from_the_mlflow_server(two_episodes, mlflow_server) -> None:  # noqa: F811

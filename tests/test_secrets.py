@@ -142,7 +142,7 @@ def test_secrets_file_must_be_private(tmp_path, monkeypatch) -> None:
 
 def test_signing_key_appears_nowhere(leaky_run) -> None:
     work = leaky_run["work"]
-    key_file = work / "ledger.key"
+    key_file = _key_dir() / "ledger.key"  # kept apart from the ledger's folder (the session's config dir)
     private = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
     raw = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                 serialization.NoEncryption())
@@ -166,10 +166,15 @@ def _copy(leaky_run, tmp_path: Path) -> tuple[str, sqlite3.Connection]:
     src.backup(dst)
     src.close()
     for name in ("ledger.key", "ledger.pub"):
-        shutil.copy(leaky_run["work"] / name, tmp_path / name)
+        shutil.copy(_key_dir() / name, tmp_path / name)
     for (trigger,) in dst.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
         dst.execute(f"DROP TRIGGER {trigger}")
     return f"sqlite:///{dst_path}", dst
+
+
+def _key_dir() -> Path:
+    """Where the episode's writer kept its key: the config dir tests/conftest.py sets for the session."""
+    return Path(os.environ["MICRODRAMA_CONFIG_DIR"])
 
 
 def _verify(url: str, pub: Path):
@@ -257,7 +262,7 @@ def _foreign_checkpoint(conn) -> None:
 def test_untouched_ledger_verifies(leaky_run, tmp_path) -> None:
     url, conn = _copy(leaky_run, tmp_path)
     conn.close()
-    res = _verify(url, leaky_run["work"] / "ledger.pub")
+    res = _verify(url, _key_dir() / "ledger.pub")
     assert res.exit_code == 0 and "ledger OK" in res.output, res.output
     assert len(ledger_entries(url)) > 20
 
@@ -267,7 +272,7 @@ def test_tampering_is_detected(leaky_run, tmp_path, how) -> None:
     url, conn = _copy(leaky_run, tmp_path)
     TAMPER[how](conn, tmp_path)
     conn.close()
-    res = _verify(url, leaky_run["work"] / "ledger.pub")  # the auditor's pinned copy of the public key
+    res = _verify(url, _key_dir() / "ledger.pub")  # the auditor's pinned copy of the public key
     assert res.exit_code == 1 and ("TAMPERED" in res.output or "rejected" in res.output), res.output
 
 
@@ -275,7 +280,8 @@ def test_resigned_ledger_is_caught_only_with_a_pinned_key(leaky_run, tmp_path) -
     url, conn = _copy(leaky_run, tmp_path)
     planted = _resign_all(conn, tmp_path)
     conn.close()
-    assert cli("ledger", "verify", "--ledger", url).exit_code == 0  # trusts the planted ledger.pub (docs say so)
-    res = _verify(url, leaky_run["work"] / "ledger.pub")
+    res = cli("ledger", "verify", "--ledger", url)  # the planted ledger.pub beside the DB is never trusted:
+    assert res.exit_code == 1 and "not by the trusted key" in res.output  # the pinned key from the trust file is
+    res = _verify(url, _key_dir() / "ledger.pub")
     assert res.exit_code == 1 and "not by the trusted key" in res.output, res.output
-    assert planted.read_bytes() != (leaky_run["work"] / "ledger.pub").read_bytes()
+    assert planted.read_bytes() != (_key_dir() / "ledger.pub").read_bytes()

@@ -286,7 +286,8 @@ def select(facts: Facts, dramas: list[str] | None, source: str) -> list[int]:
 
 
 def build_scenario(facts: Facts, year: int, *, dramas: list[str] | None = None, tracking_uri: str | None = None,
-                   ledger_url: str | None = None, facts_source: str = "facts", facts_sha256: str = "") -> Built:
+                   ledger_url: str | None = None, facts_source: str = "facts", facts_sha256: str = "",
+                   public_key: str | None = None) -> Built:
     """Assemble and validate the SCENARIO for `year` from the facts and the metered MLflow/ledger data."""
     if facts.year is not None and facts.year != year:
         raise FactsError(f"{facts_source}: year: the facts are for {facts.year}, not --year {year}")
@@ -294,7 +295,7 @@ def build_scenario(facts: Facts, year: int, *, dramas: list[str] | None = None, 
     uri, url = default_tracking_uri(tracking_uri), default_ledger(ledger_url)
     ledger = open_ledger(url)
     try:
-        entries = ledger_entries(ledger)
+        entries = ledger_entries(ledger, public_key)  # verified against the pinned key and signed root
         metered = {facts.dramas[i].id: meter_drama(facts.dramas[i].id, year, uri, ledger, entries) for i in chosen}
         checkpoint = ledger.latest_checkpoint()
     finally:

@@ -42,6 +42,8 @@ class MeteredRun:
     runtime: Fraction  # seconds, exact (frames / fps)
     by_district: dict[str, Fraction]  # seconds in shots tagged with the district
     lines: tuple[Any, ...] = ()  # attributed Lines (pipeline/finance/attribution.py) in this episode's final cut
+    checkpoint_size: int | None = None  # the run's own signed checkpoint (MLflow tags), when it recorded one
+    checkpoint_root: str = ""
 
     def cost(self, kinds: tuple[str, ...] | None = None) -> Decimal:
         """Exact sum of this run's final-cut lines (of these kinds; all when None)."""
@@ -146,11 +148,11 @@ def _absolute(url: str) -> str:
 
 
 def open_ledger(url: str) -> Any:
-    """The ledger at `url`, read-only in spirit: a missing SQLite file is an error, never a new ledger."""
+    """The ledger at `url`, opened read-only: a missing SQLite file is an error, never a new ledger."""
     from pipeline.metering.ledger import Ledger
 
     try:
-        return Ledger.open(url, create=False)
+        return Ledger.open(url, create=False, read_only=True)
     except (FileNotFoundError, ValueError, ImportError, OSError) as err:
         raise MeteringError(f"--ledger: cannot open {url}: {err}") from None
 
@@ -248,9 +250,11 @@ def _check_ledger_checkpoint(ledger: Any, run: Any, size: int) -> None:
                             f"{where} recorded; wrong ledger, or it was altered (run `microdrama ledger verify`)")
 
 
-def ledger_entries(ledger: Any) -> tuple[list[Any], list[Any]]:
-    """The ledger's usage and cost entries (read once, shared by every drama metered from it)."""
-    return ledger.entries(kind="usage"), ledger.entries(kind="cost")
+def ledger_entries(ledger: Any, public_key: Any = None) -> tuple[list[Any], list[Any]]:
+    """The ledger's usage and cost entries that a checkpoint signed by the pinned key covers, verified byte
+    for byte (`verified_entries`); read once, shared by every drama metered from it."""
+    entries = verified_entries(ledger, public_key)
+    return [e for e in entries if e.kind == "usage"], [e for e in entries if e.kind == "cost"]
 
 
 def _in_year(lines: list[Line], year: int | None, finals: set[str], run_times: dict[str, dt.datetime]) -> list[Line]:
@@ -314,7 +318,9 @@ def _metered_run(tracking_uri: str, ledger: Any, parent: Any, children: dict[str
                       started=_run_time(parent), company=tags.get("company", ""),
                       stage_runs=children.get(parent.info.run_id, {}), runtime=runtime,
                       by_district=by_district,
-                      lines=tuple(l for l in lines if l.category == "final" and (l.attributed_to or l.job) == run_id))
+                      lines=tuple(l for l in lines if l.category == "final" and (l.attributed_to or l.job) == run_id),
+                      checkpoint_size=int(tags["ledger.checkpoint.size"]) if "ledger.checkpoint.size" in tags else None,
+                      checkpoint_root=tags.get("ledger.checkpoint.root", ""))
 
 
 def _stage_runs(client: Any, experiment_id: str, parents: set[str]) -> dict[str, dict[str, str]]:
@@ -326,6 +332,38 @@ def _stage_runs(client: Any, experiment_id: str, parents: set[str]) -> dict[str,
         if parent in parents:
             out.setdefault(parent, {})[child.data.tags.get("stage", "")] = child.info.run_id
     return out
+
+
+def verified_entries(ledger: Any, public_key: Any = None) -> list[Any]:
+    """Every ledger entry a signed checkpoint covers, rebuilt from its bytes.
+
+    Nothing stored is trusted: the latest checkpoint must verify against the pinned key (`public_key`, else
+    $MICRODRAMA_LEDGER_PUBKEY, else the trust file), and the bytes of every entry it covers must hash, in
+    order, to its signed root. Entries after that checkpoint are not evidence yet and are left out."""
+    from pipeline.metering.ledger import Entry
+    from pipeline.metering.merkle import MerkleTree, leaf_hash
+
+    cp = ledger.latest_checkpoint()
+    if cp is None:
+        return []
+    verifier = ledger.trusted_public_key(public_key)
+    if verifier is None:
+        raise MeteringError(f"--ledger: no key is pinned for {ledger.origin}; pass --pubkey VKEY, set "
+                            "$MICRODRAMA_LEDGER_PUBKEY or run `microdrama ledger pin VKEY` (the ledger's vkey, "
+                            "received when it was set up)")
+    bad = verifier.problems(cp)
+    if bad:
+        raise MeteringError(f"--ledger: its latest checkpoint #{cp.id} does not verify against the pinned key "
+                            f"({'; '.join(bad)}); run `microdrama ledger verify`")
+    signed = [e for e in ledger.entries() if e.index < cp.tree_size]
+    rebuilt = [Entry.from_canonical(e.canonical) for e in signed]
+    if [e.index for e in rebuilt] != list(range(cp.tree_size)) or \
+            MerkleTree([leaf_hash(e.canonical) for e in rebuilt]).root().hex() != cp.root_hash:
+        named = next((f"entry {e.index} ({e.idempotency_key}) was altered: " for e, r in zip(signed, rebuilt)
+                      if e.leaf_hash != r.leaf_hash or e.index != r.index), "")
+        raise MeteringError(f"--ledger: {named}the bytes of entries 0..{cp.tree_size - 1} do not hash to the root "
+                            f"signed by checkpoint #{cp.id}; run `microdrama ledger verify`")
+    return rebuilt
 
 
 def plain_text(amount: Decimal) -> str:

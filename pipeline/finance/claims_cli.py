@@ -47,6 +47,8 @@ def evaluate_command(
 TrackingOpt = typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI",
                            help="MLflow tracking URI (default sqlite:///mlflow.db)")
 LedgerOpt = typer.Option("--ledger", envvar="MICRODRAMA_LEDGER", help="Ledger URL (default sqlite:///ledger.db)")
+PubkeyOpt = typer.Option("--pubkey", help="The ledger's pinned vkey (default: $MICRODRAMA_LEDGER_PUBKEY, else the "
+                         "trust file, `microdrama ledger pin`)")
 
 
 @app.command("build")
@@ -58,6 +60,7 @@ def build_command(
                                                        "dramas of the facts file")] = None,
     tracking_uri: Annotated[Optional[str], TrackingOpt] = None,
     ledger: Annotated[Optional[str], LedgerOpt] = None,
+    pubkey: Annotated[Optional[str], PubkeyOpt] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="write SCENARIO.yaml here (default: stdout)")] = None,
     packets: Annotated[Optional[Path], typer.Option("--packets", help="also write a claim packet for every "
                                                     "paid programme and drama into this folder")] = None,
@@ -75,7 +78,7 @@ def build_command(
             safe_io.check_out_dir(packets, "--packets")
         check_metered(tracking_uri, ledger)
         built = _library_errors(lambda: build_from_file(facts, year, dramas=drama, tracking_uri=tracking_uri,
-                                                        ledger_url=ledger))
+                                                        ledger_url=ledger, public_key=pubkey))
         text = built.to_yaml()
         for note in built.notes:
             Console(stderr=True, highlight=False).print(f"note: {note}", markup=False)
@@ -91,7 +94,8 @@ def build_command(
         typer.echo(str(target))
         if packets is not None:
             for folder in make_packets(target, None, packets, tracking_uri=built.tracking_uri,
-                                       ledger_url=built.ledger_url, policies=load_policies(policies)):
+                                       ledger_url=built.ledger_url, policies=load_policies(policies),
+                                       public_key=pubkey):
                 typer.echo(str(folder))
     except UserError as err:
         _fail(err)
@@ -105,6 +109,7 @@ def packet_command(
     drama: Annotated[Optional[str], typer.Option("--drama", help="only this drama (default: every drama paid)")] = None,
     tracking_uri: Annotated[Optional[str], TrackingOpt] = None,
     ledger: Annotated[Optional[str], LedgerOpt] = None,
+    pubkey: Annotated[Optional[str], PubkeyOpt] = None,
     notified: Annotated[Optional[str], typer.Option("--notified", help="date the monitoring-data notice was "
                                                     "received (YYYY-MM-DD): dates the dispute deadline")] = None,
     accepted: Annotated[Optional[str], typer.Option("--accepted", help="date the application was accepted "
@@ -121,7 +126,7 @@ def packet_command(
         check_metered(tracking_uri, ledger)
         folders = _library_errors(lambda: make_packets(scenario, [programme], out, drama=drama,
                                                        tracking_uri=tracking_uri, ledger_url=ledger, dates=dates,
-                                                       policies=load_policies(policies)))
+                                                       policies=load_policies(policies), public_key=pubkey))
     except UserError as err:
         _fail(err)
     for folder in folders:

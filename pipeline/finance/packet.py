@@ -49,6 +49,7 @@ class Evidence(BaseModel):
     cost_lines: list[CostLine] = Field(default_factory=list)
     checkpoint: str = ""  # signed ledger checkpoint text (tree size, root hash, signature lines)
     public_key: str = ""  # the ledger's verifier key (signed-note vkey) the checkpoint is signed with
+    run_checkpoints: list[dict[str, Any]] = Field(default_factory=list)  # each run's checkpoint + consistency proof
     mlflow_run_ids: list[str] = Field(default_factory=list)
     declared_facts: dict[str, Any] = Field(default_factory=dict)
     dates: dict[str, dt.date] = Field(default_factory=dict)  # notified / accepted -> deadlines
@@ -160,6 +161,7 @@ def _evidence_doc(result: ClaimResult, drama_id: str | None, ev: Evidence,
     facts = result.scenario.drama(drama_id).model_dump(mode="json") if drama_id else {}
     return {
         "cost_lines": lines, "cost_totals": totals, "checkpoint": ev.checkpoint, "public_key": ev.public_key,
+        "run_checkpoints": ev.run_checkpoints,
         "mlflow_run_ids": sorted(set(ev.mlflow_run_ids) | {l.mlflow_run_id for l in ev.cost_lines if l.mlflow_run_id}),
         "declared_facts": {"company": result.scenario.company.model_dump(mode="json"), "drama": facts,
                            "supplied": ev.declared_facts},

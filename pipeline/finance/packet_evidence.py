@@ -81,8 +81,28 @@ def cost_line_evidence(metered: MeteredDrama, ledger: Any, checkpoint: Any, publ
     return out
 
 
+def run_consistency(metered: MeteredDrama, ledger: Any, checkpoint: Any) -> list[dict[str, Any]]:
+    """For each run's own signed checkpoint (its MLflow tags): a consistency proof to the packet's checkpoint, so
+    whoever holds the run's checkpoint can check the packet's log extends it; each proof is checked first."""
+    from pipeline.metering.merkle import verify_consistency
+
+    out = []
+    for run in metered.runs:
+        size, root = run.checkpoint_size, run.checkpoint_root
+        if size is None:
+            continue
+        proof = ledger.consistency_proof(size, checkpoint.tree_size)
+        if not verify_consistency(size, checkpoint.tree_size, bytes.fromhex(root), bytes.fromhex(checkpoint.root_hash),
+                                  [bytes.fromhex(h) for h in proof]):
+            raise PacketError(f"MLflow run {run.mlflow_run_id}: the ledger's checkpoint #{checkpoint.id} does not "
+                              f"extend the run's own checkpoint (size {size}); run `microdrama ledger verify`")
+        out.append({"mlflow_run_id": run.mlflow_run_id, "tree_size": size, "root_hash": root,
+                    "to_tree_size": checkpoint.tree_size, "consistency_proof": proof})
+    return out
+
+
 def drama_evidence(scenario: Scenario, drama: Drama, metered: MeteredDrama, ledger: Any,
-                   scenario_source: dict[str, str]) -> dict[str, Any]:
+                   scenario_source: dict[str, str], public_key: Any = None) -> dict[str, Any]:
     """The evidence dict `write_packet` takes, for one drama."""
     from pipeline.metering.ledger_sign import vkey
 
@@ -95,12 +115,13 @@ def drama_evidence(scenario: Scenario, drama: Drama, metered: MeteredDrama, ledg
     checkpoint = ledger.latest_checkpoint()
     if checkpoint is None:
         raise PacketError(f"{metered.ledger_url} has no signed checkpoint; run `microdrama ledger checkpoint`")
-    public_key = ledger.trusted_public_key()
-    if public_key is None:
-        raise PacketError(f"{metered.ledger_url}: no public key (ledger.pub) beside the signing key to check "
-                          "the checkpoint with")
-    evidence.update({"cost_lines": cost_line_evidence(metered, ledger, checkpoint, public_key),
-                     "checkpoint": checkpoint.note, "public_key": vkey(public_key),
+    verifier = ledger.trusted_public_key(public_key)
+    if verifier is None:
+        raise PacketError(f"{metered.ledger_url}: no key is pinned for {ledger.origin} to check the checkpoint with; "
+                          "pass --pubkey VKEY, set $MICRODRAMA_LEDGER_PUBKEY or run `microdrama ledger pin VKEY`")
+    evidence.update({"cost_lines": cost_line_evidence(metered, ledger, checkpoint, verifier),
+                     "checkpoint": checkpoint.note, "public_key": vkey(verifier.public, verifier.name or ledger.origin),
+                     "run_checkpoints": run_consistency(metered, ledger, checkpoint),
                      "mlflow_run_ids": sorted({r.mlflow_run_id for r in metered.runs}
                                               | {c for r in metered.runs for c in r.stage_runs.values()}
                                               | {i for l in metered.attributed for i in metered.run_ids(l) if i})})
@@ -147,7 +168,8 @@ def _every_paid(result: ClaimResult, drama: str | None) -> list[tuple[str, str |
 
 def make_packets(scenario_path: Path | str, programmes: list[str] | None, out_dir: Path | str, *,
                  drama: str | None = None, tracking_uri: str | None = None, ledger_url: str | None = None,
-                 dates: dict[str, dt.date] | None = None, policies: PolicySet | None = None) -> list[Path]:
+                 dates: dict[str, dt.date] | None = None, policies: PolicySet | None = None,
+                 public_key: str | None = None) -> list[Path]:
     """Evaluate SCENARIO and write a packet per paid (programme, drama); all programmes paid when None."""
     scenario = load_scenario(scenario_path)
     result = evaluate(scenario, policies or load_policies())
@@ -159,12 +181,12 @@ def make_packets(scenario_path: Path | str, programmes: list[str] | None, out_di
     needs_ledger = any(d is not None for _, d in jobs)
     ledger = open_ledger(url) if needs_ledger else None
     try:
-        entries = ledger_entries(ledger) if ledger else ([], [])
+        entries = ledger_entries(ledger, public_key) if ledger else ([], [])  # verified against the signed root
         evidence: dict[str | None, dict[str, Any]] = {None: {"declared_facts": source}}
         for _, d in jobs:
             if d not in evidence:
                 metered = meter_drama(d, scenario.year, uri, ledger, entries)
-                evidence[d] = drama_evidence(scenario, _drama(scenario, d), metered, ledger, source)
+                evidence[d] = drama_evidence(scenario, _drama(scenario, d), metered, ledger, source, public_key)
     finally:
         if ledger:
             ledger.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,10 +21,10 @@ from pipeline.metering.ledger_sign import (
     LedgerKey,
     default_key_path,
     load_or_create_key,
-    load_public_key,
-    public_key_path,
     sign_checkpoint,
+    vkey,
 )
+from pipeline.metering.ledger_trust import LogVerifier, Trust, load_trust, log_verifier, pin_log_key
 from pipeline.metering.ledger_store import Row, Store, Tx, open_store
 from pipeline.metering.ledger_verify import GENESIS_PREV, VerifyReport, verify_ledger
 from pipeline.metering.merkle import MerkleTree
@@ -34,7 +35,8 @@ __all__ = ["Checkpoint", "Entry", "Ledger", "LedgerError", "ProofResult", "Verif
 LEDGER_ENV = "MICRODRAMA_LEDGER"
 DEFAULT_URL = "sqlite:///ledger.db"
 ENTRY_VERSION = 1
-PublicKeyLike = Ed25519PublicKey | bytes | str | Path
+PublicKeyLike = Ed25519PublicKey | LogVerifier | bytes | str | Path
+log = logging.getLogger(__name__)
 
 
 class LedgerError(RuntimeError):
@@ -126,14 +128,23 @@ class Ledger:
         self._tree = MerkleTree()
         self._lock = threading.RLock()
         with store.reading() as tx:
-            self.origin = f"microdrama.ledger/{tx.meta('ledger_id')}"
+            try:
+                self._ledger_id = tx.meta("ledger_id")
+            except Exception as e:  # noqa: BLE001 - a file that is not a ledger (read-only open creates nothing)
+                if not getattr(store, "read_only", False):
+                    raise
+                log.debug("no ledger_meta: %s", e)
+                self._ledger_id = None
+        self.origin = f"microdrama.ledger/{self._ledger_id}"
 
     @classmethod
-    def open(cls, url: str | None = None, key_file: str | Path | None = None, *, create: bool = True) -> Ledger:
+    def open(cls, url: str | None = None, key_file: str | Path | None = None, *, create: bool = True,
+             read_only: bool = False) -> Ledger:
         """`sqlite:///path/ledger.db` (default $MICRODRAMA_LEDGER or sqlite:///ledger.db) or `postgresql://...`.
-        The signing key is `key_file`, else $MICRODRAMA_LEDGER_KEY_FILE, else <ledger dir>/ledger.key.
-        With create=False a missing SQLite ledger raises FileNotFoundError (auditing a typo'd path)."""
-        return cls(open_store(url or default_ledger_url(), create), key_file)
+        The signing key is `key_file`, else $MICRODRAMA_LEDGER_KEY_FILE, else <config dir>/ledger.key (never the
+        ledger's folder). With create=False a missing SQLite ledger raises FileNotFoundError (auditing a typo'd
+        path); read_only opens it for auditing: nothing is created, written or repaired."""
+        return cls(open_store(url or default_ledger_url(), create, read_only), key_file)
 
     @property
     def url(self) -> str:
@@ -183,6 +194,9 @@ class Ledger:
 
     def _existing_or_new(self, tx: Tx, kind: str, body: Mapping[str, Any], key: str, idx: int, prev: str) -> Entry:
         existing = tx.by_key(key)
+        if existing is not None and existing.idx < 0:
+            raise LedgerError(f"entry {key!r}: a row with this key is stored at index {existing.idx}, outside the "
+                              "log (forged); run `microdrama ledger verify`")
         if existing is not None:
             return _entry(existing)
         at = _now()
@@ -251,6 +265,11 @@ class Ledger:
     # -- checkpoints -------------------------------------------------------------------------------------
     def _signing_key(self) -> LedgerKey:
         if self._key is None:
+            legacy = self._store.ledger_dir / "ledger.key" if self._store.ledger_dir else None
+            if legacy and legacy.exists() and not self._key_path.exists() and legacy != self._key_path:
+                raise LedgerError(f"{legacy} sits beside the ledger (the old default): move it to {self._key_path} "
+                                  "(and ledger.pub with it), or set $MICRODRAMA_LEDGER_KEY_FILE, so that whoever can "
+                                  "write the database cannot also re-sign it")
             self._key = load_or_create_key(self._key_path)
         return self._key
 
@@ -269,7 +288,17 @@ class Ledger:
             key = self._signing_key()
             cp = sign_checkpoint(key, self.origin, tree.size, tree.root().hex(), _now())
             cp_id = tx.insert_checkpoint(cp.tree_size, cp.root_hash, cp.timestamp, cp.key_id, cp.note)
+        self._pin_own_key(key)
         return replace(cp, id=cp_id)
+
+    def _pin_own_key(self, key: LedgerKey) -> None:
+        """Trust on first use, on the signing machine only: pin this ledger's vkey in the config's trust file
+        when nothing is pinned for its origin yet (an auditor pins the vkey they were given instead)."""
+        try:
+            if log_verifier(self.origin, trust=load_trust()) is None and not _env_pinned():
+                pin_log_key(vkey(key.public_key, self.origin))
+        except (OSError, ValueError) as e:
+            log.warning("could not pin the ledger key for %s in the trust file: %s", self.origin, e)
 
     @staticmethod
     def _check_extends(tree: MerkleTree, latest: Checkpoint) -> None:
@@ -288,21 +317,37 @@ class Ledger:
         return _parsed(rows[0].note, rows[0].id) if rows else None
 
     # -- audit -------------------------------------------------------------------------------------------
-    def trusted_public_key(self, public_key: PublicKeyLike | None = None) -> Ed25519PublicKey | None:
-        """`public_key` if given, else ledger.pub beside the signing key, else None (never creates a key)."""
-        if public_key is not None:
-            return load_public_key(public_key)
-        pub = public_key_path(self._key_path)
-        if pub.exists():
-            return load_public_key(pub)
-        return self._signing_key().public_key if self._key_path.exists() else None
+    def trusted_public_key(self, public_key: PublicKeyLike | None = None) -> LogVerifier | None:
+        """The pinned key for this ledger: `public_key` if given, else $MICRODRAMA_LEDGER_PUBKEY, else the
+        trust file's vkey for this origin, else None. Never a ledger.pub found beside the database or key."""
+        if isinstance(public_key, LogVerifier):
+            return public_key
+        return log_verifier(self.origin, public_key)
 
-    def verify(self, public_key: PublicKeyLike | None = None) -> VerifyReport:
-        """Recompute every leaf, link and root from the stored bytes and check every checkpoint's root and
-        signature against `public_key` (default: the ledger's own ledger.pub). Problems come back as values."""
+    def verify(self, public_key: PublicKeyLike | None = None, held: Sequence[Checkpoint | str] = (),
+               trust: Trust | None = None) -> VerifyReport:
+        """Recompute every leaf, link and root from the stored bytes (every stored row, negative indexes too),
+        check every checkpoint's root and signature against the pinned key, and that the log extends every
+        checkpoint in `held` (kept elsewhere). Reads only; problems come back as values."""
         trusted = self.trusted_public_key(public_key)
+        held_cps = [_as_checkpoint(c) for c in held]
+        missing = self._store.missing() if hasattr(self._store, "missing") else []
+        if any(t in missing for t in ("ledger_entries", "ledger_checkpoints")):
+            raise LedgerError(f"{self.url} is not a ledger: it lacks {', '.join(missing)}")
+        warnings = [f"append-only trigger/table {t} is missing (dropped?): verification does not rely on it, but "
+                    "ask who can write the database" for t in missing]
         with self._reading() as tx:
-            return verify_ledger(tx.rows(0), tx.checkpoints(), trusted, self.origin)
+            report = verify_ledger(tx.rows(None), tx.checkpoints(), trusted, self.origin, held_cps, trust, warnings)
+        if self._ledger_id is None:
+            report.problems.append("ledger_meta holds no ledger_id: the log's identity was deleted (altered)")
+            report.ok = False
+        return report
+
+
+def _env_pinned() -> bool:
+    from pipeline.metering.ledger_trust import PUBKEY_ENV
+
+    return bool(os.environ.get(PUBKEY_ENV))
 
 
 _MISSING = object()
@@ -322,7 +367,8 @@ def _as_checkpoint(cp: Checkpoint | str) -> Checkpoint:
 def _signature_problems(cp: Checkpoint, public_key: PublicKeyLike | None) -> list[str]:
     if public_key is None:
         return ["no public key given: the checkpoint's signature was not checked"]
-    return [f"checkpoint: {p}" for p in cp.verify(load_public_key(public_key))]
+    verifier = public_key if isinstance(public_key, LogVerifier) else log_verifier(cp.origin, public_key)
+    return [f"checkpoint: {p}" for p in verifier.problems(cp)]
 
 
 def verify_entry_inclusion(entry: Entry | bytes, proof: Sequence[str], checkpoint: Checkpoint | str,

@@ -22,9 +22,12 @@ KeyOpt = typer.Option(None, "--key-file",
 
 
 MAX_INDEX = 2**62  # entry indexes and tree sizes (SQLite/PostgreSQL integers are 64-bit)
+PubkeyOpt = typer.Option(None, "--pubkey", help="Pinned public key: a signed-note vkey (name+id+key) or a PEM "
+                         "file; default: $MICRODRAMA_LEDGER_PUBKEY, else the trust file's key for this ledger "
+                         "(`ledger pin`); a ledger.pub beside the database is never used")
 
 
-def _open(url: str | None, key_file: Path | None = None) -> Ledger:
+def _open(url: str | None, key_file: Path | None = None, read_only: bool = False) -> Ledger:
     from pipeline.metering.ledger_store import StoreUnreachable
     from pipeline.services import UNREACHABLE_EXIT, check_sqlite_file
 
@@ -32,7 +35,7 @@ def _open(url: str | None, key_file: Path | None = None) -> Ledger:
     try:
         if url.startswith("sqlite:///"):
             check_sqlite_file(Path(url[len("sqlite:///"):]).expanduser(), url, must_exist=True)
-        return Ledger.open(url, key_file, create=False)
+        return Ledger.open(url, key_file, create=False, read_only=read_only)
     except StoreUnreachable as e:  # the database server does not answer: exit 4, one line
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(UNREACHABLE_EXIT) from None
@@ -43,9 +46,9 @@ def _open(url: str | None, key_file: Path | None = None) -> Ledger:
 
 
 @contextmanager
-def _session(url: str | None, key_file: Path | None = None) -> Iterator[Ledger]:
+def _session(url: str | None, key_file: Path | None = None, read_only: bool = False) -> Iterator[Ledger]:
     """An open ledger; a LedgerError or unreadable input ends the command with its message and exit 1."""
-    led = _open(url, key_file)
+    led = _open(url, key_file, read_only)
     try:
         yield led
     except (LedgerError, ValueError, OSError) as e:
@@ -61,21 +64,43 @@ def _emit(data: dict, as_json: bool, lines: list[str]) -> None:
 
 @app.command()
 def verify(ledger: str | None = LedgerOpt,
-           pubkey: str | None = typer.Option(None, "--pubkey", help="Trusted public key: a PEM file or a "
-                                             "signed-note vkey (name+id+key); default: ledger.pub beside the key"),
+           pubkey: str | None = PubkeyOpt,
+           trusted: list[Path] = typer.Option([], "--trusted", help="A checkpoint held elsewhere (an auditor's "
+                                              "copy, a witness's state, a claim packet's); the log must extend it. "
+                                              "Repeatable"),
            as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
            key_file: Path | None = KeyOpt) -> None:
-    """Recompute every leaf, link, root and checkpoint signature; exit 1 naming the first bad entry."""
+    """Recompute every leaf, link, root and checkpoint signature (read-only: the store is never changed); exit 1
+    naming the first bad entry. Entries after the last checkpoint are reported as unsigned."""
+    from pipeline.metering.ledger_trust import load_trust
+
     if pubkey and "+" not in pubkey and "BEGIN" not in pubkey and not Path(pubkey).expanduser().is_file():
         raise typer.BadParameter(f"{pubkey}: no such file (a PEM public key file, or a vkey name+id+key)",
                                  param_hint="--pubkey")
-    with _session(ledger, key_file) as led:
-        report = led.verify(pubkey)
+    held = [_read_checkpoint(p, "--trusted") for p in trusted]
+    with _session(ledger, key_file, read_only=True) as led:
+        report = led.verify(pubkey, held, load_trust() if held else None)
     data = {"ok": report.ok, "first_bad_index": report.first_bad_index, "size": report.size,
             "root": report.root, "checkpoints_checked": report.checkpoints_checked, "key_id": report.key_id,
-            "problems": report.problems, "ledger": led.url}
-    _emit(data, as_json, [report.summary(), *(f"  - {p}" for p in report.problems)])
+            "signed_size": report.signed_size, "unsigned": list(report.unsigned) if report.unsigned else None,
+            "first_bad_range": list(report.first_bad_range) if report.first_bad_range else None,
+            "held_checked": report.held_checked, "problems": report.problems, "warnings": report.warnings,
+            "ledger": led.url}
+    _emit(data, as_json, [report.summary(), *(f"  - {p}" for p in report.problems),
+                          *(f"  warning: {w}" for w in report.warnings)])
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _read_checkpoint(path: Path, option: str) -> Checkpoint:
+    """A signed checkpoint note from a file (a bare note, or a JSON document with a `checkpoint` note)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        if text.lstrip().startswith("{"):
+            doc = json.loads(text)
+            text = doc.get("checkpoint") or doc.get("note") or ""
+        return Checkpoint.parse(text)
+    except (OSError, ValueError, AttributeError) as e:
+        raise typer.BadParameter(f"{path}: not a signed checkpoint note ({e})", param_hint=option) from None
 
 
 def _resolve(led: Ledger, ref: str) -> Entry:
@@ -103,9 +128,11 @@ def prove(entry: str = typer.Argument(..., help="Entry index or idempotency key"
                                           help="Tree size to prove against (default: the "
                                                "latest checkpoint that covers the entry)"),
           as_json: bool = typer.Option(False, "--json", help="Print the proof bundle as JSON"),
+          pubkey: str | None = PubkeyOpt,
           key_file: Path | None = KeyOpt) -> None:
-    """Print an entry, its leaf hash, its inclusion proof and the signed checkpoint it verifies against."""
-    with _session(ledger, key_file) as led:
+    """Print an entry, its leaf hash, its inclusion proof and the signed checkpoint it verifies against (checked
+    with the pinned key)."""
+    with _session(ledger, key_file, read_only=True) as led:
         e = _resolve(led, entry)
         if size is not None and not e.index < size <= led.size():
             raise typer.BadParameter(f"{size} must cover entry {e.index} and be at most the ledger's size "
@@ -113,13 +140,13 @@ def prove(entry: str = typer.Argument(..., help="Entry index or idempotency key"
         cp = _checkpoint_for(led, e.index, size)
         tree_size = cp.tree_size if cp else (size or led.size())
         proof = led.inclusion_proof(e.index, tree_size)
-        public = led.trusted_public_key()
+        public = led.trusted_public_key(pubkey)
         result = verify_entry_inclusion(e, proof, cp, public) if cp else None
         root = cp.root_hash if cp else led.root_hash(tree_size)
     data = {"entry": json.loads(e.canonical), "canonical": e.canonical.decode(), "index": e.index,
             "leaf_hash": e.leaf_hash, "tree_size": tree_size, "root_hash": root, "inclusion_proof": proof,
             "checkpoint": cp.note if cp else None, "verified": bool(result),
-            "problems": result.problems if result else ["no signed checkpoint covers this entry"]}
+            "problems": result.problems if result is not None else ["no signed checkpoint covers this entry"]}
     status = (f"inclusion proof verifies against signed checkpoint #{cp.id}" if result
               else "NOT VERIFIED: " + "; ".join(data["problems"]))
     if cp is None:
@@ -138,7 +165,7 @@ def checkpoint(ledger: str | None = LedgerOpt, as_json: bool = typer.Option(Fals
     """Sign the current tree head (size, root, time) and print the signed note."""
     with _session(ledger, key_file) as led:
         cp = led.checkpoint()
-        verifier = vkey(led.public_key())
+        verifier = vkey(led.public_key(), led.origin)
     data = {"id": cp.id, "origin": cp.origin, "tree_size": cp.tree_size, "root_hash": cp.root_hash,
             "timestamp": cp.timestamp, "key_id": cp.key_id, "vkey": verifier, "note": cp.note}
     _emit(data, as_json, [cp.note.rstrip("\n"), f"# checkpoint #{cp.id}; verifier key: {verifier}"])
@@ -150,7 +177,7 @@ def show(ledger: str | None = LedgerOpt,
          kind: str | None = typer.Option(None, "--kind", help="Only entries of this kind"),
          as_json: bool = typer.Option(False, "--json")) -> None:
     """Print the latest entries and the latest checkpoint."""
-    with _session(ledger) as led:
+    with _session(ledger, read_only=True) as led:
         found = led.tail(tail, kind)
         latest = led.latest_checkpoint()
         size = led.size()
@@ -215,6 +242,8 @@ def bill_idle(node: str = typer.Option(..., "--node", help="The rented node, as 
              for line, e in zip(lines, entries)] or ["nothing idle"]
     _emit(data, as_json, text)
 
+
+from pipeline.metering import ledger_cli_audit as _audit  # noqa: E402,F401  (registers consistency, pin, ...)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

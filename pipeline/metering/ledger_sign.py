@@ -15,8 +15,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 log = logging.getLogger(__name__)
 
 KEY_ENV = "MICRODRAMA_LEDGER_KEY_FILE"
-KEY_NAME = "microdrama-ledger"  # signed-note key name; part of the key id
+CONFIG_ENV = "MICRODRAMA_CONFIG_DIR"
+KEY_NAME = "microdrama-ledger"  # default signed-note key name of a bare vkey; checkpoints use their origin
+LEGACY_KEY_NAME = KEY_NAME  # what checkpoints were signed as before the key name became the origin
 ED25519_ALG = b"\x01"  # signed-note signature type for Ed25519
+COSIG_ALG = b"\x04"  # C2SP tlog-cosignature/v1, Ed25519
 SIG_PREFIX = "\u2014 "  # em dash + space opens every signature line
 
 
@@ -68,11 +71,21 @@ class LedgerKey:
         raise TypeError("LedgerKey is not picklable: load it from its key file where it is needed")
 
 
-def default_key_path(ledger_dir: Path | None) -> Path:
-    """$MICRODRAMA_LEDGER_KEY_FILE, else <ledger dir>/ledger.key, else ~/.microdrama/ledger.key."""
+def config_dir() -> Path:
+    """Where the ledger's signing key and pinned keys live, apart from any ledger's folder:
+    $MICRODRAMA_CONFIG_DIR, else $XDG_CONFIG_HOME/microdrama, else ~/.config/microdrama."""
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV]).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base).expanduser() / "microdrama"
+
+
+def default_key_path(ledger_dir: Path | None = None) -> Path:
+    """$MICRODRAMA_LEDGER_KEY_FILE, else <config dir>/ledger.key: never the ledger's own folder, so whoever
+    can write the database cannot also re-sign it (`ledger_dir` is only checked against)."""
     if os.environ.get(KEY_ENV):
         return Path(os.environ[KEY_ENV]).expanduser()
-    return (ledger_dir or Path.home() / ".microdrama") / "ledger.key"
+    return config_dir() / "ledger.key"
 
 
 def public_key_path(key_path: Path) -> Path:
@@ -157,52 +170,69 @@ def load_public_key(source: Ed25519PublicKey | bytes | str | Path) -> Ed25519Pub
 
 
 def _parse_vkey(text: str) -> Ed25519PublicKey:
-    parts = text.split("+", 2)  # the base64 key may itself contain "+"
-    if len(parts) != 3 or "\n" in text:
+    return parse_vkey(text)[1]
+
+
+def parse_vkey(text: str, alg: bytes = ED25519_ALG) -> tuple[str, Ed25519PublicKey]:
+    """(name, key) of a signed-note verifier key `name+keyid+base64(alg||key)`; alg 0x01 for a log key,
+    0x04 (COSIG_ALG) for a witness's Ed25519 cosignature key."""
+    parts = text.strip().split("+", 2)  # the base64 key may itself contain "+"
+    if len(parts) != 3 or "\n" in text.strip():
         raise ValueError(f"{text[:60]!r} is neither a public key file that exists (PEM) nor a signed-note "
                          "vkey (name+keyid+base64); check the --pubkey path")
     name, khash, b64 = parts
     try:
         raw = base64.b64decode(b64, validate=True)
     except ValueError:
-        raise ValueError("vkey: its key part is not base64") from None
-    if raw[:1] != ED25519_ALG or len(raw) != 33:
-        raise ValueError("vkey is not an Ed25519 signed-note key")
+        raise ValueError(f"vkey {name!r}: its key part is not base64") from None
+    if raw[:1] != alg or len(raw) != 33:
+        raise ValueError(f"vkey {name!r} is not an Ed25519 {'cosignature' if alg == COSIG_ALG else 'signed-note'} "
+                         "key")
     public = Ed25519PublicKey.from_public_bytes(raw[1:])
-    if key_hash(name, public).hex() != khash:
-        raise ValueError("vkey key id does not match its key")
-    return public
+    if _key_hash(name, public, alg).hex() != khash:
+        raise ValueError(f"vkey {name!r}: key id does not match its key")
+    return name, public
+
+
+def _key_hash(name: str, public: Ed25519PublicKey, alg: bytes) -> bytes:
+    return hashlib.sha256(name.encode() + b"\n" + alg + _raw(public)).digest()[:4]
 
 
 @dataclass(frozen=True)
 class Signature:
-    """One signature line of a signed note."""
+    """One signature line of a signed note (known or not: verifiers ignore lines they have no key for)."""
 
     name: str
     key_id: str  # 4-byte key hash, hex
-    signature: bytes
+    signature: bytes  # what follows the key id: 64 bytes for Ed25519, 8 + 64 for an Ed25519 cosignature
+
+    def line(self) -> str:
+        return f"{SIG_PREFIX}{self.name} {base64.b64encode(bytes.fromhex(self.key_id) + self.signature).decode()}\n"
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A signed tree head: origin, tree size, root hash and time, as a C2SP signed note."""
+    """A signed tree head (C2SP tlog-checkpoint): origin, tree size, root hash and extension lines (ours: the
+    time), as a C2SP signed note; the log's key name is the origin."""
 
     origin: str
     tree_size: int
     root_hash: str  # hex
-    timestamp: str  # ISO-8601 UTC, an extension line of the checkpoint
+    timestamp: str  # ISO-8601 UTC from the `time ...` extension line ("" when the note has none)
     note: str  # the full signed note text, what an auditor keeps
     signatures: tuple[Signature, ...] = field(default=())
     id: int | None = None  # row id in the ledger store
 
     @property
     def key_id(self) -> str:
-        return self.signatures[0].key_id if self.signatures else ""
+        """The key id of the log's own signature (the line named after the origin), else of the first line."""
+        mine = [s for s in self.signatures if s.name in (self.origin, LEGACY_KEY_NAME)]
+        return (mine or list(self.signatures) or [Signature("", "", b"")])[0].key_id
 
     @property
     def signed_text(self) -> str:
-        """The part of the note the signatures cover (everything before the blank line)."""
-        return checkpoint_text(self.origin, self.tree_size, self.root_hash, self.timestamp)
+        """The note body the signatures cover: everything before the blank line, with its final newline."""
+        return self.note.partition("\n\n")[0] + "\n"
 
     def to_dict(self) -> dict[str, object]:
         """Plain fields for manifests and MLflow tags; `note` (alias `text`) is the full signed note."""
@@ -211,55 +241,71 @@ class Checkpoint:
 
     @classmethod
     def parse(cls, note: str, id: int | None = None) -> Checkpoint:
-        """Parse a signed checkpoint note; raises ValueError naming what is malformed."""
-        text, sep, sigs = note.partition("\n\n")
+        """Parse a signed checkpoint note (C2SP signed-note + tlog-checkpoint); raises ValueError naming what is
+        malformed. Signature lines of unknown keys (witness cosignatures, rotated keys) are kept, not refused."""
+        if not isinstance(note, str) or not note.endswith("\n") or "\n\n" not in note:
+            raise ValueError("checkpoint note must be: origin, size, base64 root, [extension lines], blank line, "
+                             "signature lines, each ending in a newline")
+        if any(ord(c) < 0x20 and c != "\n" for c in note):
+            raise ValueError("checkpoint note holds control characters")
+        text, _, sigs = note.partition("\n\n")
         lines = text.split("\n")
-        if not sep or len(lines) != 4 or not lines[3].startswith("time "):
-            raise ValueError("checkpoint note must be: origin, size, base64 root, 'time ...', blank line, signatures")
-        if not lines[1].isdigit():
-            raise ValueError(f"checkpoint tree size is not a decimal number: {lines[1]!r}")
-        root = base64.b64decode(lines[2], validate=True)
+        if len(lines) < 3 or not lines[0] or any(not line for line in lines):
+            raise ValueError("checkpoint note must start with three non-empty lines: origin, tree size, root hash")
+        size = lines[1]
+        if not (size.isascii() and size.isdigit()) or (size != "0" and size.startswith("0")):
+            raise ValueError(f"checkpoint tree size is not a decimal number without leading zeros: {size!r}")
+        try:
+            root = base64.b64decode(lines[2], validate=True)
+        except ValueError:
+            root = b""
         if len(root) != 32:
-            raise ValueError("checkpoint root hash is not 32 bytes")
-        return cls(origin=lines[0], tree_size=int(lines[1]), root_hash=root.hex(), timestamp=lines[3][5:],
-                   note=note, signatures=_parse_signatures(sigs), id=id)
+            raise ValueError("checkpoint root hash is not 32 bytes of standard base64")
+        when = next((line[5:] for line in lines[3:] if line.startswith("time ")), "")
+        return cls(origin=lines[0], tree_size=int(size), root_hash=root.hex(), timestamp=when, note=note,
+                   signatures=_parse_signatures(sigs), id=id)
 
-    def verify(self, public: Ed25519PublicKey, name: str = KEY_NAME) -> list[str]:
-        """Problems with this note's signature by `public` (empty when it verifies)."""
-        want = key_id(public, name)
-        mine = [s for s in self.signatures if s.name == name and s.key_id == want]
+    def verify(self, public: Ed25519PublicKey, name: str | None = None) -> list[str]:
+        """Problems with this note's signature by `public` under key name `name` (default: the origin, as
+        tlog-checkpoint asks; the pre-C2SP name `microdrama-ledger` is also accepted). Empty when it verifies."""
+        names = [name] if name else [self.origin, LEGACY_KEY_NAME]
+        mine = [s for s in self.signatures for n in names if s.name == n and s.key_id == key_id(public, n)]
+        want = f"{names[0]}/{key_id(public, names[0])}"
         if not mine:
             got = ", ".join(f"{s.name}/{s.key_id}" for s in self.signatures) or "nobody"
-            return [f"signed by {got}, not by the trusted key {name}/{want}"]
+            return [f"signed by {got}, not by the trusted key {want}"]
         try:
             public.verify(mine[0].signature, self.signed_text.encode())
         except InvalidSignature:
-            return [f"signature by {name}/{want} does not verify (note altered or forged)"]
-        if self.note != self.signed_text + "\n" + _signature_lines(self.signatures):
-            return ["note text is not in canonical form (altered)"]
+            return [f"signature by {want} does not verify (note altered or forged)"]
         return []
+
+    def with_signature(self, sig: Signature) -> Checkpoint:
+        """This checkpoint with one more signature line (a witness cosignature), replacing one of the same key."""
+        kept = tuple(s for s in self.signatures if (s.name, s.key_id) != (sig.name, sig.key_id))
+        sigs = (*kept, sig)
+        note = self.signed_text + "\n" + "".join(s.line() for s in sigs)
+        return Checkpoint(self.origin, self.tree_size, self.root_hash, self.timestamp, note, sigs, self.id)
 
 
 def _parse_signatures(block: str) -> tuple[Signature, ...]:
     out = []
-    for line in block.split("\n"):
-        if not line:
-            continue
+    for line in block.split("\n")[:-1]:  # the block ends with a newline
         if not line.startswith(SIG_PREFIX):
             raise ValueError(f"malformed signature line: {line[:40]!r}")
         name, _, b64 = line[len(SIG_PREFIX):].rpartition(" ")
-        raw = base64.b64decode(b64, validate=True)
-        if len(raw) != 68:
-            raise ValueError("Ed25519 signature line must carry a 4-byte key id and 64 signature bytes")
+        if not name or " " in name or "+" in name:
+            raise ValueError(f"malformed signature line (key name): {line[:40]!r}")
+        try:
+            raw = base64.b64decode(b64, validate=True)
+        except ValueError:
+            raw = b""
+        if len(raw) < 5:
+            raise ValueError(f"malformed signature line (base64 key id and signature): {line[:40]!r}")
         out.append(Signature(name=name, key_id=raw[:4].hex(), signature=raw[4:]))
     if not out:
         raise ValueError("checkpoint note carries no signature")
     return tuple(out)
-
-
-def _signature_lines(sigs: tuple[Signature, ...]) -> str:
-    return "".join(f"{SIG_PREFIX}{s.name} {base64.b64encode(bytes.fromhex(s.key_id) + s.signature).decode()}\n"
-                   for s in sigs)
 
 
 def checkpoint_text(origin: str, tree_size: int, root_hex: str, timestamp: str) -> str:
@@ -268,8 +314,7 @@ def checkpoint_text(origin: str, tree_size: int, root_hex: str, timestamp: str) 
 
 
 def sign_checkpoint(key: LedgerKey, origin: str, tree_size: int, root_hex: str, timestamp: str) -> Checkpoint:
-    """Sign (origin, size, root, time) with `key` and return the checkpoint with its note."""
+    """Sign (origin, size, root, time) with `key` under the key name `origin` and return the checkpoint."""
     text = checkpoint_text(origin, tree_size, root_hex, timestamp)
-    sig = Signature(name=key.name, key_id=key.key_id, signature=key.sign(text.encode()))
-    note = text + "\n" + _signature_lines((sig,))
-    return Checkpoint(origin, tree_size, root_hex, timestamp, note, (sig,))
+    sig = Signature(name=origin, key_id=key_id(key.public_key, origin), signature=key.sign(text.encode()))
+    return Checkpoint(origin, tree_size, root_hex, timestamp, text + "\n" + sig.line(), (sig,))

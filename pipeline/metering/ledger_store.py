@@ -63,10 +63,12 @@ class Tx:
         self._q(f"INSERT INTO ledger_entries ({ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                 (row.idx, row.kind, row.idempotency_key, row.canonical, row.leaf_hash, row.appended_at))
 
-    def rows(self, start: int = 0, kind: str | None = None) -> Iterator[Row]:
-        sql, params = f"SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE idx >= ?", (start,)
+    def rows(self, start: int | None = 0, kind: str | None = None) -> Iterator[Row]:
+        """Rows from index `start` on (None: every stored row, negative indexes too), in index order."""
+        lo = -(2**63) if start is None else start
+        sql, params = f"SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE idx >= ?", (lo,)
         if kind is not None:
-            sql, params = sql + " AND kind = ?", (start, kind)
+            sql, params = sql + " AND kind = ?", (lo, kind)
         cur = self._q(sql + " ORDER BY idx", params)
         while batch := cur.fetchmany(2000):
             yield from (_row(r) for r in batch)
@@ -101,14 +103,17 @@ class Tx:
 
 
 def _row(r: tuple) -> Row:
-    return Row(int(r[0]), r[1], r[2], bytes(r[3]), r[4], r[5])
+    """A stored row as it is; SQLite's replace() turns a BLOB into TEXT, which is read as its UTF-8 bytes."""
+    data = r[3].encode("utf-8", "surrogatepass") if isinstance(r[3], str) else bytes(r[3] or b"")
+    return Row(int(r[0]), str(r[1]), str(r[2]), data, str(r[4]), str(r[5]))
 
 
 class Store(Protocol):
     """What the ledger needs from a backend."""
 
     url: str  # with any password redacted
-    ledger_dir: Path | None  # where the default key lives; None for server stores
+    ledger_dir: Path | None  # the SQLite file's folder (never where the key lives); None for server stores
+    read_only: bool  # opened for auditing: nothing is created or written
 
     def writing(self) -> Any: ...  # context manager -> Tx, exclusive against other writers
     def reading(self) -> Any: ...  # context manager -> Tx, one consistent snapshot
@@ -136,12 +141,17 @@ CREATE TRIGGER IF NOT EXISTS ledger_checkpoints_no_delete BEFORE DELETE ON ledge
 
 
 class SQLiteStore:
-    """One SQLite file in WAL mode; appends take the write lock up front with BEGIN IMMEDIATE."""
+    """One SQLite file in WAL mode; appends take the write lock up front with BEGIN IMMEDIATE. Read-only (for
+    verification) it is opened with mode=ro — or immutable=1 on read-only media — and nothing is created."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         self.url = f"sqlite:///{path}"
         self.ledger_dir = path.parent
+        self.read_only = read_only
+        if read_only:
+            self._conn = _open_read_only(path)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60.0)
         self._conn.execute("PRAGMA busy_timeout = 60000")
         self._conn.execute("PRAGMA journal_mode = WAL")
@@ -153,6 +163,8 @@ class SQLiteStore:
 
     @contextmanager
     def writing(self) -> Iterator[Tx]:
+        if self.read_only:
+            raise PermissionError(f"{self.url} is open read-only (for verification)")
         cur = self._conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
@@ -171,8 +183,32 @@ class SQLiteStore:
         finally:
             cur.execute("COMMIT")
 
+    def missing(self) -> list[str]:
+        """Tables and append-only triggers of the schema that the file lacks (dropped, or not a ledger)."""
+        have = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')")}
+        want = ["ledger_entries", "ledger_checkpoints", "ledger_meta", "ledger_entries_no_update",
+                "ledger_entries_no_delete", "ledger_checkpoints_no_update", "ledger_checkpoints_no_delete"]
+        return [n for n in want if n not in have]
+
     def close(self) -> None:
         self._conn.close()
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """mode=ro sees the WAL; when even that cannot be opened (read-only media: no -shm can be made) the file is
+    read as immutable."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no ledger at {path}: check --ledger / $MICRODRAMA_LEDGER")
+    last: sqlite3.Error | None = None
+    for flags in ("mode=ro", "immutable=1"):
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True, isolation_level=None,
+                                   check_same_thread=False, timeout=60.0)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.Error as e:
+            last = e
+    raise OSError(f"cannot read the ledger {path}: {last}")
 
 
 def _statements(script: str) -> list[str]:
@@ -204,6 +240,7 @@ CREATE OR REPLACE TRIGGER ledger_checkpoints_append_only BEFORE UPDATE OR DELETE
   ON ledger_checkpoints FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only();
 """
 PG_SCHEMA_LOCK = 7_146_373_201  # pg_advisory_xact_lock key: serialises schema creation across processes
+PG_APPEND_LOCK = 7_146_373_202  # pg_advisory_xact_lock key: one append transaction at a time
 
 
 PG_CONNECT_TIMEOUT_S = 10  # seconds; a server that does not answer is unreachable, not waited for
@@ -214,32 +251,44 @@ class StoreUnreachable(ConnectionError):
 
 
 class PostgresStore:
-    """Tables in a shared PostgreSQL database; every append transaction locks ledger_entries against
-    other writers (SHARE ROW EXCLUSIVE: plain reads go on), so indexes and prev-links stay gap-free."""
+    """Tables in a shared PostgreSQL database; every append transaction takes one advisory lock (no table
+    privilege needed, so a writer role with only INSERT and SELECT can append; plain reads go on), so indexes
+    and prev-links stay gap-free. The tables are created on first use unless they exist (`ledger pg-setup`
+    creates them owned by a role the writer is not)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, read_only: bool = False) -> None:
         try:
             import psycopg
         except ImportError as e:  # pragma: no cover - depends on the install
             raise ImportError("the PostgreSQL ledger needs psycopg: pip install 'microdrama[postgres]'") from e
         self.url = redact_url(url)
         self.ledger_dir = None
+        self.read_only = read_only
         timeout = {} if "connect_timeout" in url else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
         try:
             self._conn = psycopg.connect(url, autocommit=True, **timeout)
         except psycopg.OperationalError as e:  # closed port, unknown host, refused login: one line, no traceback
             reason = "; ".join(x.strip() for x in str(e).splitlines() if x.strip())[:300] or type(e).__name__
             raise StoreUnreachable(f"ledger {self.url}: cannot connect: {reason}") from None
-        with self._conn.transaction(), self._conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (PG_SCHEMA_LOCK,))
-            for stmt in PG_SCHEMA.strip().split(";\n"):
-                cur.execute(stmt.strip().rstrip(";"))
-            Tx(cur, "%s").init_meta("ledger_id", str(uuid.uuid4()))
+        if read_only or _pg_ready(self._conn):
+            return
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (PG_SCHEMA_LOCK,))
+                for stmt in PG_SCHEMA.strip().split(";\n"):
+                    cur.execute(stmt.strip().rstrip(";"))
+                Tx(cur, "%s").init_meta("ledger_id", str(uuid.uuid4()))
+        except psycopg.errors.InsufficientPrivilege as e:
+            self._conn.close()
+            raise PermissionError(f"{self.url}: the ledger tables are missing and this role cannot create them "
+                                  f"({e}); run `microdrama ledger pg-setup` as the database owner") from None
 
     @contextmanager
     def writing(self) -> Iterator[Tx]:
+        if self.read_only:
+            raise PermissionError(f"{self.url} is open read-only (for verification)")
         with self._conn.transaction(), self._conn.cursor() as cur:
-            cur.execute("LOCK TABLE ledger_entries IN SHARE ROW EXCLUSIVE MODE")
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (PG_APPEND_LOCK,))
             yield Tx(cur, "%s")
 
     @contextmanager
@@ -248,8 +297,27 @@ class PostgresStore:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             yield Tx(cur, "%s")
 
+    def missing(self) -> list[str]:
+        with self._conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('ledger_entries'), to_regclass('ledger_checkpoints'), "
+                        "to_regclass('ledger_meta')")
+            tables = cur.fetchone()
+            cur.execute("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgenabled <> 'D' "
+                        "AND tgrelid IN (to_regclass('ledger_entries'), to_regclass('ledger_checkpoints'))")
+            triggers = {r[0] for r in cur.fetchall()}
+        names = ["ledger_entries", "ledger_checkpoints", "ledger_meta"]
+        out = [n for n, t in zip(names, tables) if t is None]
+        return out + [t for t in ("ledger_entries_append_only", "ledger_checkpoints_append_only") if t not in triggers]
+
     def close(self) -> None:
         self._conn.close()
+
+
+def _pg_ready(conn: Any) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('ledger_entries') IS NOT NULL AND to_regclass('ledger_checkpoints') IS NOT "
+                    "NULL AND to_regclass('ledger_meta') IS NOT NULL")
+        return bool(cur.fetchone()[0])
 
 
 def redact_url(url: str) -> str:
@@ -261,21 +329,22 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def open_store(url: str, create: bool = True) -> Store:
+def open_store(url: str, create: bool = True, read_only: bool = False) -> Store:
     """sqlite:///relative.db, sqlite:////absolute.db or postgresql://user:pass@host/db; with create=False a
-    missing SQLite file is an error instead of a new empty ledger."""
+    missing SQLite file is an error instead of a new empty ledger; read_only opens it for auditing (implies
+    create=False; nothing is created or written)."""
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
         if not path or path == ":memory:":
             raise ValueError("the ledger needs a file: use sqlite:///ledger.db (in-memory SQLite is not durable)")
-        if not create and not Path(path).expanduser().is_file():
+        if (read_only or not create) and not Path(path).expanduser().is_file():
             raise FileNotFoundError(f"no ledger at {path}: check --ledger / $MICRODRAMA_LEDGER")
         try:
-            return SQLiteStore(Path(path).expanduser())
+            return SQLiteStore(Path(path).expanduser(), read_only)
         except sqlite3.DatabaseError as e:  # a corrupt or foreign file: say so instead of a traceback
             raise ValueError(f"ledger {path}: not a readable SQLite ledger ({e}); restore it from a backup "
                              "or point --ledger at another file") from None
     if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
-        return PostgresStore(url.replace("postgresql+psycopg://", "postgresql://", 1))
+        return PostgresStore(url.replace("postgresql+psycopg://", "postgresql://", 1), read_only)
     raise ValueError(f"unsupported ledger URL {redact_url(url)!r}: use sqlite:///path/ledger.db "
                      "or postgresql://user:pass@host/db")

@@ -5,6 +5,7 @@ import json
 import math
 import re
 from collections.abc import Iterable
+from typing import Any
 from dataclasses import dataclass, field
 
 import rfc8785
@@ -30,14 +31,32 @@ class VerifyReport:
     root: str  # root hash (hex) recomputed from the stored bytes
     checkpoints_checked: int = 0
     key_id: str | None = None  # signed-note key id of the key the checkpoints were checked against
+    signed_size: int = 0  # entries 0..signed_size-1 are covered by a valid signed checkpoint
+    first_bad_range: tuple[int, int] | None = None  # (lo, hi): the first bad entry is in lo..hi-1 (rebuilt chain)
+    held_checked: int = 0  # checkpoints held elsewhere (--trusted) that this log was shown to extend
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def unsigned(self) -> tuple[int, int] | None:
+        """(first, last) entries no signed checkpoint covers yet: not evidence until one does."""
+        return (self.signed_size, self.size - 1) if self.size > self.signed_size else None
 
     def summary(self) -> str:
+        tail = (f"; UNSIGNED: entries {self.unsigned[0]}..{self.unsigned[1]} are after the last checkpoint "
+                "(not evidence until `microdrama ledger checkpoint` covers them)") if self.unsigned else ""
         if self.ok:
             by = f" with key {self.key_id}" if self.key_id else ""
+            held = f", extends {self.held_checked} held checkpoint(s)" if self.held_checked else ""
             return (f"ledger OK: {self.size} entries, root {self.root}, "
-                    f"{self.checkpoints_checked} signed checkpoint(s) verified{by}")
-        where = f"first bad entry: {self.first_bad_index}" if self.first_bad_index is not None else "entries intact"
-        return f"ledger TAMPERED ({where}); {len(self.problems)} problem(s)"
+                    f"{self.checkpoints_checked} signed checkpoint(s) verified{by}{held}{tail}")
+        if self.first_bad_range and self.first_bad_index == self.first_bad_range[0]:
+            lo, hi = self.first_bad_range
+            where = f"first bad entry: one of entries {lo}..{hi - 1}"
+        elif self.first_bad_index is not None:
+            where = f"first bad entry: {self.first_bad_index}"
+        else:
+            where = "entries intact"
+        return f"ledger TAMPERED ({where}); {len(self.problems)} problem(s){tail}"
 
 
 @dataclass
@@ -73,6 +92,12 @@ class _Findings:
         cands = [lo for lo, size in self.weak if strong is None or strong >= size]
         both = cands + ([strong] if strong is not None else [])
         return min(both, default=None)
+
+    def first_bad_range(self) -> tuple[int, int] | None:
+        """The narrowest (lo, hi) a bad root pins the first bad entry to, when no exact entry comes first."""
+        first = self.first_bad()
+        ranges = [(lo, size) for lo, size in self.weak if lo == first and first not in self.strong]
+        return min(ranges, key=lambda r: r[1], default=None)
 
 
 def _check_row(row: Row, f: _Findings) -> _Seen:
@@ -232,13 +257,14 @@ def _is_hex(text: str) -> bool:
 
 
 def _check_checkpoints(tree: MerkleTree, next_idx: int, cps: list[CheckpointRow],
-                       public: Ed25519PublicKey | None, origin: str, f: _Findings) -> int:
-    """Every stored checkpoint must be signed by the trusted key for this log and match the rebuilt tree."""
+                       public: Any, origin: str, f: _Findings, good: list[int]) -> int:
+    """Every stored checkpoint must be signed by the pinned key for this log and match the rebuilt tree; the
+    sizes that match go into `good`."""
     if cps and public is None:
-        f.add("cannot check checkpoint signatures: no public key (pass --pubkey FILE or keep ledger.pub "
-              "beside the signing key)")
+        f.add(f"cannot check checkpoint signatures: no key is pinned for {origin} (pass --pubkey VKEY, set "
+              "$MICRODRAMA_LEDGER_PUBKEY, or `microdrama ledger pin VKEY`; a ledger.pub beside the database is "
+              "never trusted)")
         return 0
-    good = [0]
     checked = 0
     for row in cps:
         cp = _signed(row, public, origin, f)
@@ -261,13 +287,13 @@ def _check_checkpoints(tree: MerkleTree, next_idx: int, cps: list[CheckpointRow]
     return checked
 
 
-def _signed(row: CheckpointRow, public: Ed25519PublicKey, origin: str, f: _Findings) -> Checkpoint | None:
+def _signed(row: CheckpointRow, public: Any, origin: str, f: _Findings) -> Checkpoint | None:
     try:
         cp = Checkpoint.parse(row.note, id=row.id)
     except ValueError as e:
         f.add(f"checkpoint #{row.id}: malformed note ({e})")
         return None
-    bad = cp.verify(public)
+    bad = public.problems(cp)
     if cp.origin != origin:
         bad.append(f"is for log {cp.origin!r}, not this ledger {origin!r}")
     if (row.tree_size, row.root_hash, row.key_id) != (cp.tree_size, cp.root_hash, cp.key_id):
@@ -277,16 +303,70 @@ def _signed(row: CheckpointRow, public: Ed25519PublicKey, origin: str, f: _Findi
     return None if bad else cp
 
 
-def verify_ledger(rows: Iterable[Row], checkpoints: list[CheckpointRow], public: Ed25519PublicKey | None,
-                  origin: str) -> VerifyReport:
-    """Audit stored rows and checkpoints without trusting any stored hash, index or column."""
+def _check_held(tree: MerkleTree, held: Iterable[Checkpoint], public: Any, origin: str, trust: Any,
+                f: _Findings, good: list[int]) -> int:
+    """Checkpoints held elsewhere (an auditor's copy, a witness's state, a claim packet): this log must extend
+    each of them, so a rollback, a fork or a re-signed rewrite shows here even when every stored checkpoint
+    was replaced to match."""
+    from pipeline.metering.ledger_trust import witness_problems
+
+    checked = 0
+    for n, cp in enumerate(held, 1):
+        name = f"held checkpoint {n} (size {cp.tree_size})"
+        bad = ["no key is pinned to check it with"] if public is None else public.problems(cp)
+        if cp.origin != origin:
+            bad.append(f"is for log {cp.origin!r}, not this ledger {origin!r}")
+        bad += witness_problems(cp, trust) if trust is not None else []
+        if bad:
+            f.add(f"{name}: rejected — {'; '.join(bad)}")
+            continue
+        checked += 1
+        if cp.tree_size > tree.size:
+            f.add(f"entry {tree.size}: missing — {name} signed {cp.tree_size} entries but the log holds "
+                  f"{tree.size} (rolled back: entries {tree.size}..{cp.tree_size - 1} deleted)", tree.size)
+        elif tree.root(cp.tree_size).hex() != cp.root_hash:
+            lo = max(s for s in good if s <= cp.tree_size)
+            f.weak.append((lo, cp.tree_size))
+            f.add(f"{name}: this log does not extend it — entries 0..{cp.tree_size - 1} no longer hash to its "
+                  f"signed root (something in entries {lo}..{cp.tree_size - 1} was rewritten: a fork, or a "
+                  "rewrite re-signed with the log's key)")
+        else:
+            good.append(cp.tree_size)
+    return checked
+
+
+def _check_negative(rows: Iterable[Row], f: _Findings) -> list[Row]:
+    """Rows stored at a negative index are outside the tree: report each, keep the rest."""
+    kept = []
+    for row in rows:
+        if row.idx < 0:
+            f.add(f"entry {row.idx}: stored at a negative index, outside the log (a forged row; it holds the "
+                  f"idempotency key {row.idempotency_key!r}, so a genuine entry with that key could not be "
+                  "appended)", row.idx)
+        else:
+            kept.append(row)
+    return kept
+
+
+def verify_ledger(rows: Iterable[Row], checkpoints: list[CheckpointRow], public: Any, origin: str,
+                  held: Iterable[Checkpoint] = (), trust: Any = None, warnings: Iterable[str] = ()) -> VerifyReport:
+    """Audit stored rows and checkpoints without trusting any stored hash, index or column. `public` is a
+    LogVerifier (pinned key) or None; `held` are checkpoints kept elsewhere the log must extend; `trust`
+    adds the witness cosignature rules for held checkpoints."""
+    if isinstance(public, Ed25519PublicKey):
+        from pipeline.metering.ledger_trust import LogVerifier
+        public = LogVerifier(public, None, "argument")
     f = _Findings()
-    seen = [_check_row(row, f) for row in rows]
+    seen = [_check_row(row, f) for row in _check_negative(rows, f)]
     _check_links(seen, f)
     tree = MerkleTree([s.leaf for s in seen])
-    checked = _check_checkpoints(tree, seen[-1].idx + 1 if seen else 0, checkpoints, public, origin, f)
+    good = [0]
+    checked = _check_checkpoints(tree, seen[-1].idx + 1 if seen else 0, checkpoints, public, origin, f, good)
+    held_checked = _check_held(tree, held, public, origin, trust, f, good)
     _report_shifts(f)
     problems = f.problems()
+    kid = key_id(public.public, public.name or origin) if public is not None else None
     return VerifyReport(ok=not problems, first_bad_index=f.first_bad(), problems=problems, size=tree.size,
-                        root=tree.root().hex(), checkpoints_checked=checked,
-                        key_id=key_id(public) if public else None)
+                        root=tree.root().hex(), checkpoints_checked=checked, key_id=kid,
+                        signed_size=min(max(good), tree.size), first_bad_range=f.first_bad_range(),
+                        held_checked=held_checked, warnings=list(warnings))
