@@ -34,6 +34,7 @@ def apply_trims(shots: list[dict[str, Any]], fps: int, sample_rate: int, workdir
             raise ValueError(f"shot {shot['id']}: trim {start}+{n} frames is outside its {full} frames")
         entry = {k: v for k, v in shot.items() if k != "trim"}
         entry.update(media=shot.get("media", shot["clip"]), audio_media=shot.get("audio_media", shot["audio"]),
+                     source_lines=shot.get("source_lines", shot["lines"]),
                      media_frames=shot.get("media_frames", full), source_in=start, frames=n)
         if (start, n) != (0, full):
             stem = f"{i:03d}-{shot['id']}"
@@ -95,7 +96,8 @@ def build(*, job: Any, shots: list[dict[str, Any]], subtitles: dict[str, dict[st
         entries.append({"id": s["id"], "media": s.get("media", s["clip"]), "source_in": s.get("source_in", 0),
                         "media_frames": s.get("media_frames", n), "frames": n, "record_in": record, "clip": s["clip"],
                         "audio": s["audio"], "audio_media": s.get("audio_media", s["audio"]),
-                        "lines": s["lines"], "duration_s": s["duration_s"]})
+                        "lines": s["lines"], "source_lines": s.get("source_lines", s["lines"]),
+                        "duration_s": s["duration_s"]})
         record += n
     return {
         "version": VERSION, "drama": job.drama, "episode": job.episode, "title": job.title or job.episode,
