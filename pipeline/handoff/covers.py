@@ -91,10 +91,10 @@ def compose(frame: Path, size: tuple[int, int], title: str, label: str, font_pat
     x0, y0, x1, y1 = safe_box(size, safe)
     draw = ImageDraw.Draw(img, "RGBA")
     px = round(size[0] * 0.085)
-    while True:  # at most two lines across the safe width
-        font = ImageFont.truetype(font_path, px)
-        lines = wrap(title, font, x1 - x0)
-        if len(lines) <= 2 or px <= 24:
+    while True:  # at most two lines, each (with its outline) inside the safe width
+        font, stroke = ImageFont.truetype(font_path, px), max(2, px // 18)
+        lines = wrap(title, font, x1 - x0 - 2 * stroke)
+        if px <= 24 or (len(lines) <= 2 and all(font.getlength(ln) + 2 * stroke <= x1 - x0 for ln in lines)):
             break
         px -= 4
     line_h = round(px * 1.25)
@@ -105,9 +105,8 @@ def compose(frame: Path, size: tuple[int, int], title: str, label: str, font_pat
     for i, line in enumerate(lines):
         lw = font.getlength(line)
         x, y = x0 + ((x1 - x0) - lw) / 2, top + i * line_h
-        draw.text((x, y), line, font=font, fill=(255, 255, 255), stroke_width=max(2, px // 18),
-                  stroke_fill=(0, 0, 0))
-        boxes.append([round(v) for v in draw.textbbox((x, y), line, font=font, stroke_width=max(2, px // 18))])
+        draw.text((x, y), line, font=font, fill=(255, 255, 255), stroke_width=stroke, stroke_fill=(0, 0, 0))
+        boxes.append([round(v) for v in draw.textbbox((x, y), line, font=font, stroke_width=stroke)])
     small = ImageFont.truetype(font_path, round(size[0] * 0.045))
     lx = x1 - small.getlength(label) - 16
     draw.rectangle((lx - 12, y0 + 8, x1 - 4, y0 + 20 + small.size * 1.2), fill=(0, 0, 0, 128))

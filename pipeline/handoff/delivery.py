@@ -130,6 +130,7 @@ def encode(preset: Preset, *, master: str, audio: str, gain_db: float, fps: int,
         raise ValueError(f"delivery.{preset.name}: the episode is {duration_s:.1f} s; {preset.platform} takes at "
                          f"most {preset.max_duration_s:g} s — split the episode or drop {preset.name} from delivery")
     v, a = preset.video, preset.audio
+    speed = "superfast" if speed == "ultrafast" else speed  # ultrafast drops CABAC/8x8dct: Baseline, not the preset's profile
     rate = output_fps(preset, fps)
     kbps = video_kbps(preset, duration_s)
     buf = int(kbps * v.buffer_s)
@@ -154,6 +155,11 @@ def encode(preset: Preset, *, master: str, audio: str, gain_db: float, fps: int,
     size = out.stat().st_size
     if size > preset.max_bytes:
         raise ValueError(f"delivery.{preset.name}: {size:,} bytes is over {preset.platform}'s {preset.max_bytes:,}")
+    stream = next(s for s in probe(out)["streams"] if s["codec_type"] == "video")
+    level = round(float(v.level) * (10 if v.codec == "h264" else 30))
+    if (stream.get("profile", "").lower(), stream.get("level")) != (v.profile, level):
+        raise RuntimeError(f"delivery.{preset.name}: the encoder wrote {stream.get('profile')} level "
+                           f"{stream.get('level')}, not {v.profile} {v.level}")
     return {"file": str(out), "preset": preset.name, "fps": rate, "video_kbps_ceiling": kbps,
             "bufsize_kbit": buf, "bytes": size}
 

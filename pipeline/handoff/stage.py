@@ -6,15 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.cache import file_digest
 from pipeline.handoff import covers, delivery, timeline
 from pipeline.subtitles import events
 
-VERSION = 1  # bump when anything below changes what is written
-
-
 def cache_parts(job: Any) -> list[Any]:
-    """What, besides the edit's own inputs, decides the handoff outputs."""
-    return [VERSION, timeline.VERSION, list(job.delivery), delivery.digests(list(job.delivery), job.job_dir)]
+    """What, besides the edit's own inputs, decides the handoff outputs: the selected presets' files and
+    the source of the modules that write them (editing one re-renders exactly what it writes)."""
+    code = [file_digest(Path(m.__file__))[:16] for m in (covers, delivery, timeline)] + \
+        [file_digest(Path(__file__))[:16]]
+    return [code, list(job.delivery), delivery.digests(list(job.delivery), job.job_dir)]
 
 
 def finish(job: Any, shots: list[dict[str, Any]], *, subtitles: dict[str, dict[str, str]],
