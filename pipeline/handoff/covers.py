@@ -2,7 +2,8 @@
 label or subtitle), cropped to each cover size, with the title and the visible "AI生成" label inside the
 platforms' safe area.
 
-A candidate is a shot's middle frame; its score is colourfulness (Hasler & Süsstrunk 2003) plus
+A candidate is a shot's first frame in the cut (for an untrimmed shot, its storyboard keyframe: image-to-
+video and camera-move clips start on it; decoding one frame keeps this cheap); its score is colourfulness (Hasler & Süsstrunk 2003) plus
 sharpness (the variance of a Laplacian), each scaled to the episode's best, so the cover is the most vivid,
 crispest picture of the episode. Every score is returned, so the choice can be checked.
 """
@@ -38,13 +39,15 @@ def sharpness(rgb: np.ndarray) -> float:
 
 
 def candidates(shots: list[dict[str, Any]], workdir: Path) -> list[dict[str, Any]]:
-    """One scored keyframe per shot (its middle frame, from the clip the cut uses)."""
+    """One scored keyframe per shot (the first frame of the clip the cut uses), scored at ≤ 540 px wide."""
     out = []
     for i, shot in enumerate(shots):
-        index = max(0, shot["frames"] // 2)
-        png = frame_at(shot["clip"], index, workdir / f"keyframe-{i:03d}.png")
-        rgb = np.asarray(Image.open(png).convert("RGB"))
-        out.append({"shot": shot["id"], "frame": shot.get("source_in", 0) + index, "image": str(png),
+        png = frame_at(shot["clip"], 0, workdir / f"keyframe-{i:03d}.png")
+        img = Image.open(png).convert("RGB")
+        if img.width > 540:
+            img = img.resize((540, round(img.height * 540 / img.width)), Image.BILINEAR)
+        rgb = np.asarray(img)
+        out.append({"shot": shot["id"], "frame": shot.get("source_in", 0), "image": str(png),
                     "colourfulness": round(colourfulness(rgb), 3), "sharpness": round(sharpness(rgb), 3)})
     best_c = max((c["colourfulness"] for c in out), default=1.0) or 1.0
     best_s = max((c["sharpness"] for c in out), default=1.0) or 1.0
