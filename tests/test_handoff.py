@@ -132,6 +132,31 @@ def test_otio_and_nle_xml_read_back_frame_exact(episode):
     assert frame_md5(shot["media"], 7) == frame_md5(shot["source"], 7)
 
 
+@pytest.mark.parametrize("adapter,name", [("fcp_xml", "episode.xml"), ("fcpx_xml", "episode.fcpxml")])
+def test_nle_xml_cut_maps_back_to_shots(episode, tmp_path, adapter, name):
+    """FCP XML keeps no OTIO metadata: a cut saved from Premiere/Final Cut is matched to its shots by clip
+    name, its trims kept frame-exact, and found the episode it came from by its media."""
+    from pipeline.handoff import otio_timeline, reedit, timeline
+
+    out = episode["out"]
+    tl = otio.adapters.read_from_file(str(out / name))
+    track = tl.video_tracks()[0]
+    first, second = list(track)[:2]
+    second.source_range = otio.opentime.TimeRange(otio.opentime.RationalTime(3, FPS), otio.opentime.RationalTime(10, FPS))
+    del track[:]
+    track.extend([second, first])
+    cut_file = tmp_path / name
+    otio.adapters.write_to_file(tl, str(cut_file), adapter_name=adapter)
+    meta, cut = otio_timeline.read_cut(cut_file)
+    published = reedit.find_published(cut_file, meta, cut)
+    assert published == out / "timeline.json"
+    doc = timeline.read(published)
+    shots = reedit.match(cut, doc, cut_file)
+    assert [(s["id"], s["trim"]) for s in shots] == [
+        (second.name, {"in": 3, "frames": 10}), (first.name, {"in": 0, "frames": first.source_range.duration.value})]
+    assert all(Path(s["clip"]).suffix == ".mkv" for s in shots)  # the lossless originals, not the remuxes
+
+
 def test_jianying_draft_reads_back(episode):
     from pipeline.handoff import jianying
 

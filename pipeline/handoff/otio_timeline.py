@@ -9,6 +9,7 @@ from typing import Any
 import opentimelineio as otio
 
 ADAPTERS = {"fcpx_xml": "episode.fcpxml", "fcp_xml": "episode.xml"}  # adapter → file, Final Cut / Premiere
+NLE_RATES = (24, 25, 30, 50, 60)  # whole-number rates both XML formats (and SMPTE timecode) carry
 
 
 def _range(start: int, frames: int, fps: int) -> otio.opentime.TimeRange:
@@ -59,6 +60,10 @@ def write_all(doc: dict[str, Any], folder: Path, label_image: str | None) -> dic
     written = {"otio": str(folder / "episode.otio")}
     otio.adapters.write_to_file(tl, written["otio"])
     for adapter, name in ADAPTERS.items():
+        if doc["fps"] not in NLE_RATES:
+            written[adapter] = (f"not written: FCP XML needs {', '.join(map(str, NLE_RATES))} fps; this episode is "
+                                f"{doc['fps']} fps (stages.video.fps)")
+            continue
         try:
             otio.adapters.write_to_file(tl, str(folder / name), adapter_name=adapter)
             written[adapter] = str(folder / name)
