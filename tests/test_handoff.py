@@ -140,11 +140,13 @@ def test_nle_xml_cut_maps_back_to_shots(episode, tmp_path, adapter, name):
 
     out = episode["out"]
     tl = otio.adapters.read_from_file(str(out / name))
-    track = tl.video_tracks()[0]
-    first, second = list(track)[:2]
-    second.source_range = otio.opentime.TimeRange(otio.opentime.RationalTime(3, FPS), otio.opentime.RationalTime(10, FPS))
-    del track[:]
-    track.extend([second, first])
+    for track in [tl.video_tracks()[0], *tl.audio_tracks()]:  # picture and its linked dub clips, as an NLE does
+        first, second = list(track)[:2]
+        second.source_range = otio.opentime.TimeRange(otio.opentime.RationalTime(3, FPS),
+                                                      otio.opentime.RationalTime(10, FPS))
+        del track[:]
+        track.extend([second, first])
+    first, second = list(tl.video_tracks()[0])[::-1]
     cut_file = tmp_path / name
     otio.adapters.write_to_file(tl, str(cut_file), adapter_name=adapter)
     meta, cut = otio_timeline.read_cut(cut_file)
@@ -180,6 +182,9 @@ def test_jianying_draft_reads_back(episode):
         assert len(tracks[f"subtitles-{lang}"].segments) == 3
         assert first in texts
     assert "AI生成" in texts and tracks["ai-label"].segments[0].target_timerange.duration == us(3 * FPS)
+    meta = json.loads((out / "jianying" / "handoff-demo-ep01" / "draft_meta_info.json").read_text("utf-8"))
+    assert meta["draft_name"] == "handoff-demo-ep01" and meta["tm_duration"] == draft.duration
+    assert (out / "jianying" / "handoff-demo-ep01" / meta["draft_cover"]).is_file()
 
 
 def test_covers_from_keyframes_with_title_in_safe_area(episode):

@@ -31,7 +31,7 @@ def _exact(material: Any, frames: int, fps: int) -> Any:
 
 
 def write(doc: dict[str, Any], folder: Path, name: str, *, staging: str | None = None,
-          final: str | None = None) -> str:
+          final: str | None = None, cover: str | None = None) -> str:
     """Draft `name` under `folder`; media written under `staging` are recorded at their `final` place."""
     import pyJianYingDraft as jy
 
@@ -68,12 +68,29 @@ def write(doc: dict[str, Any], folder: Path, name: str, *, staging: str | None =
                                       clip_settings=jy.ClipSettings(transform_x=0.72, transform_y=0.8)), "ai-label")
     script.save()
     draft = folder / name
+    _meta(draft, name, doc, cover)
     if staging and final:  # materials were read where they are now; record where they will be
         for file in ("draft_content.json",):
             path = draft / file
             path.write_text(path.read_text(encoding="utf-8").replace(json.dumps(staging, ensure_ascii=False)[1:-1],
                                                                       json.dumps(final, ensure_ascii=False)[1:-1]), encoding="utf-8")
     return str(draft)
+
+
+def _meta(draft: Path, name: str, doc: dict[str, Any], cover: str | None) -> None:
+    """Name the draft in draft_meta_info.json (the library leaves its template's name empty and id fixed),
+    with its length and, when there is one, the 9:16 cover as JianYing's draft thumbnail."""
+    import shutil
+    import uuid
+
+    path = draft / "draft_meta_info.json"
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta.update(draft_name=name, draft_id=str(uuid.uuid5(uuid.NAMESPACE_URL, doc["content_id"])).upper(),
+                tm_duration=us(doc["frames"], doc["fps"]))
+    if cover:
+        shutil.copy2(cover, draft / "draft_cover.jpg")
+        meta["draft_cover"] = "draft_cover.jpg"
+    path.write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
 
 
 def read(folder: Path, name: str) -> Any:

@@ -86,7 +86,8 @@ def publish(job: Any, edit: dict[str, Any], staging: Path, final: Path) -> dict[
     out["timeline"] = "timeline.json"
     out["otio"] = {k: (Path(v).name if v.startswith(str(staging)) else v) for k, v in written.items()}
     draft = f"{doc['drama']}-{doc['episode']}"
-    jianying.write(_at(doc, final, staging), staging / "jianying", draft, staging=str(staging), final=str(final))
+    jianying.write(_at(doc, final, staging), staging / "jianying", draft, staging=str(staging), final=str(final),
+                   cover=handed["covers"].get(f"{doc['width']}x{doc['height']}"))
     out["jianying"] = f"jianying/{draft}/"
     out["ai_label"] = f"media/{Path(label).name}"
     return out
