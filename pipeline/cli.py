@@ -29,6 +29,7 @@ COMMANDS = {
     "report": "pipeline.finance.report_cli:report",
     "estimate": "pipeline.finance.report_cli:estimate",
     "submit": "pipeline.submit:submit",
+    "edit": "pipeline.handoff.reedit:edit",
 }
 
 

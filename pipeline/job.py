@@ -194,6 +194,7 @@ class Job(_Frozen):
     seed: int = Field(1234, ge=0, le=2**63 - 1)
     budget: Budget = Budget()
     stages: Stages = Stages()
+    delivery: list[str] = Field(default_factory=list, max_length=16)  # platform presets (configs/delivery)
     job_dir: Path = Path(".")  # folder of the job file; relative paths resolve against it
 
     @field_validator("title", "company")
@@ -409,6 +410,29 @@ def _folder_problems(job: Job) -> list[str]:
     return problems
 
 
+def _delivery_problems(job: Job) -> list[str]:
+    """Each `delivery` entry names a shipped preset or a preset file beside the job, once."""
+    from pipeline.handoff import delivery
+
+    problems = []
+    if len(set(job.delivery)) != len(job.delivery):
+        problems.append(f"delivery: {job.delivery} names a preset twice; list each platform once")
+    for i, name in enumerate(job.delivery):
+        if name.endswith((".yaml", ".yml")):
+            _, err = resolve_in(job.job_dir, Path(name), f"delivery[{i}]")
+            if err:
+                problems.append(err)
+                continue
+        elif not SLUG.match(name):
+            problems.append(f"delivery[{i}]: {name!r} is neither a preset name nor a .yaml file beside the job")
+            continue
+        try:
+            delivery.load(name, job.job_dir)
+        except ValueError as exc:
+            problems.append(f"delivery[{i}]: {exc}")
+    return problems
+
+
 def validate(job: Job) -> list[str]:
     """Cross-field and filesystem checks, collecting every problem (STYLE item 4)."""
     from models.registry import BACKENDS
@@ -438,6 +462,7 @@ def validate(job: Job) -> list[str]:
         if name not in BACKENDS.get(reg, {}):
             problems.append(f"stages.{stage}.backend: unknown backend {name!r}; choose one of: "
                             f"{', '.join(sorted(BACKENDS.get(reg, {})))}")
+    problems += _delivery_problems(job)
     dub_langs = job.stages.dub.languages or job.languages
     extra = [x for x in dub_langs if x not in job.languages]
     if extra:

@@ -250,6 +250,9 @@ def publish(job: Job, edit: dict[str, Any], manifest: dict[str, Any]) -> Path:
         for lang, files in edit["subtitles"].items():
             for kind, path in files.items():
                 _link_or_copy(Path(path), staging / f"episode.{lang}.{kind}")
+        from pipeline.handoff.publish import publish as publish_handoff  # timelines, covers, deliveries
+
+        manifest["outputs"].update(publish_handoff(job, edit, staging, final))
         (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2), "utf-8")
         if final.exists():
             old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")

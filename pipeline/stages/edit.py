@@ -21,6 +21,8 @@ import ffmpeg
 import numpy as np
 
 from pipeline.cache import file_digest
+from pipeline.handoff import stage as handoff
+from pipeline.handoff.timeline import apply_trims
 from pipeline.job import Job
 from pipeline.stages import StageCall, StageRun
 from pipeline.stages.dub import SAMPLE_RATE, read_wav, write_audio
@@ -44,12 +46,12 @@ class EditStage:
         return [self.name, VERSION, self.job.stages.edit.model_dump(), self.job.languages,
                 self.job.stages.video.fps, self.job.drama, self.job.episode, self.job.company,
                 [(s["id"], file_digest(s["clip"]), {k: file_digest(v) for k, v in s["audio"].items()},
-                  s["lines"], s["duration_s"]) for s in shots]]
+                  s["lines"], s["duration_s"], s.get("trim")) for s in shots], handoff.cache_parts(self.job)]
 
     def run(self, call: StageCall, run: StageRun) -> dict[str, Any]:
         e = self.job.stages.edit
         (run.workdir / "inputs.json").write_text(json.dumps(call.inputs, ensure_ascii=False), "utf-8")
-        shots = timeline(call.inputs["shots"])
+        shots = timeline(apply_trims(call.inputs["shots"], self.job.stages.video.fps, SAMPLE_RATE, run.workdir))
         dub_langs = list(shots[0]["audio"]) if shots else []
         subs = self.write_subtitles(shots, run.workdir)
         tracks = {lang: self.join_audio(shots, lang, run.workdir) for lang in dub_langs}
@@ -61,7 +63,9 @@ class EditStage:
         content_id = call.inputs.get("content_id") or f"{self.job.drama}/{self.job.episode}"
         graph = build_graph(self.job, [s["clip"] for s in shots], tracks, loud, subs, out, content_id)
         run_ffmpeg(graph)
-        return {"episode": str(out), "subtitles": subs, "inputs": str(run.workdir / "inputs.json"), "timeline": shots,
+        handed = handoff.finish(self.job, shots, subtitles=subs, tracks=tracks, loudness=loud, master=str(out),
+                                content_id=content_id, font_path=font_file(e.font), workdir=run.workdir)
+        return {"episode": str(out), "subtitles": subs, "handoff": handed, "inputs": str(run.workdir / "inputs.json"), "timeline": shots,
                 "duration_s": sum(s["duration_s"] for s in shots), "loudness_in": loud,
                 "audio_languages": dub_langs, "content_id": content_id}
 
