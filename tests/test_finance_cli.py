@@ -174,7 +174,7 @@ def test_estimate_without_history_says_so_instead_of_zero(tmp_path) -> None:
     path = write_job(tmp_path / "job", drama="never-run", shots=2, budget={"max_cny": "0.5"})
     res = cli("estimate", str(path), *places(tmp_path), "--json", "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}")
     assert res.exit_code == 0, res.output
-    est = json.loads(res.output)
+    est = json.loads(res.stdout)  # the JSON document is stdout; MLflow may log to stderr
     assert est["total_cny"] is None and len(est["unknown_stages"]) == 6  # not "total: 0.00"
     assert est["message"].startswith("no estimate: no history and no price for script (fountain), ")
     assert "video (camera-move)" in est["message"]

@@ -312,7 +312,14 @@ def test_witness_cosigns_growth_and_refuses_rollback_and_fork(url, tmp_path):
 # -- claims use only entries whose bytes hash to the signed root ---------------------------------------------------
 
 def test_claims_read_only_signed_entries_and_check_their_bytes(url):
-    from pipeline.finance.build_metered import MeteringError, cost_entries_by_job, open_ledger
+    from pipeline.finance.build_metered import MeteringError, open_ledger, verified_entries
+
+    def cost_entries_by_job(led, key=None):
+        out = {}
+        for e in verified_entries(led, key):
+            if e.kind == "cost":
+                out.setdefault(e.body["job"], []).append(e)
+        return out
 
     with Ledger.open(url) as led:
         fill(led, 4, checkpoints_at=(4,))
