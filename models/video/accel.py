@@ -57,11 +57,7 @@ def _lora(name: str, value: Any) -> LoRA | None:
         value = {"path": value}
     if not isinstance(value, dict) or "path" not in value or set(value) - {"path", "scale"}:
         raise ValueError(f"{_where(name)}: give a path to a .safetensors LoRA, or {{path: ..., scale: 1.0}}")
-    path = Path(str(value["path"])).expanduser()
-    if not path.is_file():
-        raise ValueError(f"{_where(name)}.path: {path} is not a file; put the LoRA on the worker first "
-                         f"(e.g. lightx2v's 4-step distillation LoRA) and give its path")
-    return LoRA(str(path), float(value.get("scale", 1.0)))
+    return LoRA(str(Path(str(value["path"])).expanduser()), float(value.get("scale", 1.0)))
 
 
 def _cache(value: Any) -> dict[str, Any] | None:
@@ -113,6 +109,10 @@ class Accel:
             if attention not in names:
                 raise ValueError(f"{_where('attention')}: unknown attention backend {attention!r}; choose one of "
                                  f"native, flash, sage, _native_cudnn, flex, xformers, … ({len(names)} in all)")
+            if attention.endswith("_hub"):
+                raise ValueError(f"{_where('attention')}: {attention} fetches its kernels from a hub at run time; "
+                                 "install the kernel's package instead (flash: flash-attn, sage: sageattention)")
+            _attention_usable(attention)
         if compile is True:
             compile = {}
         elif compile in (False, None):
@@ -131,6 +131,17 @@ class Accel:
         if parsed.distilled and parsed.lora is None:
             raise ValueError(f"{_where('distilled')}: true needs the step-distillation LoRA in {_where('lora')}")
         return parsed
+
+    def check_files(self) -> None:
+        """The LoRA files are on this machine (checked at construction, after the model's weights)."""
+        from models.hub import WeightsMissing
+
+        missing = [f"stages.video.options.{key}: {lora.path} is not a file; put the LoRA on the worker first "
+                   "(e.g. lightx2v's 4-step distillation LoRA, never downloaded at run time) and give its path"
+                   for key, lora in (("lora", self.lora), ("lora_2", self.lora_2))
+                   if lora is not None and not Path(lora.path).is_file()]
+        if missing:
+            raise WeightsMissing(missing)
 
     @property
     def changes_modules(self) -> bool:
@@ -210,6 +221,16 @@ class Accel:
         for t in transformers:
             t.enable_parallelism(config=ContextParallelConfig(ulysses_degree=self.context_parallel))
         self.applied.append(f"context_parallel:ulysses={self.context_parallel}")
+
+
+def _attention_usable(name: str) -> None:
+    """The package behind an attention backend is installed (flash-attn, sageattention, xformers…)."""
+    from diffusers.models import attention_dispatch as ad
+
+    try:
+        ad._check_attention_backend_requirements(ad.AttentionBackendName(name))
+    except RuntimeError as e:
+        raise ValueError(f"{_where('attention')}={name}: {e}") from None
 
 
 def cache_config(spec: dict[str, Any], steps: int) -> Any:

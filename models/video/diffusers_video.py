@@ -176,6 +176,7 @@ class DiffusersVideo:
         self.model_id = hub.model_id_option(s.name, s.model_id, model_id, "video")
         self.source = (hub.require_weights("video", s.name, self.model_id, weights_dir, "model_index.json")
                        if self.model_id else None)
+        self.accel.check_files()
         self.loads = 0
         self.text_cache_hits = self.text_cache_misses = 0
         self.last_timings: dict[str, float] = {}
