@@ -47,10 +47,10 @@ def full(name: str, shift: float = 3.0) -> Any:
         with torch.device("cuda"), torch.no_grad():
             text_encoder = UMT5EncoderModel(UMT5Config(**UMT5_XXL))
             experts = [WanTransformer3DModel(**(WAN22_I2V_A14B if two else WAN21_I2V_14B)) for _ in range(1 + two)]
-            image_encoder = None if two else CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VIT_H14))
     finally:
         torch.set_default_dtype(previous)
-    with torch.device("cuda"):
+    with torch.device("cuda"), torch.no_grad():  # float32, as diffusers' Wan example loads them
+        image_encoder = None if two else CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VIT_H14))
         vae = AutoencoderKLWan()  # the defaults are Wan2.1's VAE (also Wan2.2 A14B's)
     for m in (text_encoder, vae, image_encoder, *experts):
         if m is not None:

@@ -179,11 +179,20 @@ class DiffusersVideo:
         self.accel.check_files()
         self.loads = 0
         self.text_cache_hits = self.text_cache_misses = 0
-        self.last_timings: dict[str, float] = {}
+        self._calls = threading.local()  # per calling thread: this call's timings
         self._pipe: Any = None
         self._decode_vae: Any = None
         self._text: OrderedDict[tuple, tuple[Any, Any]] = OrderedDict()
         self._load_lock, self._gpu, self._decoder = threading.Lock(), threading.Lock(), threading.Lock()
+
+    @property
+    def last_timings(self) -> dict[str, float]:
+        """Seconds waiting for the GPU, denoising, decoding and writing, of this thread's last render."""
+        return dict(getattr(self._calls, "timings", {}))
+
+    @last_timings.setter
+    def last_timings(self, value: dict[str, float]) -> None:
+        self._calls.timings = dict(value)
 
     # ------------------------------------------------------------ loading
 
