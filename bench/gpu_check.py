@@ -193,6 +193,7 @@ def plain_script(s: Setup, key: Path, full_run: bool) -> dict[str, Any]:
         pipe(image=image, prompt="a woman signs a contract in an office, slow push-in", negative_prompt=NEGATIVE,
              height=s.height, width=s.width, num_frames=s.frames, num_inference_steps=s.plain_steps,
              guidance_scale=s.plain_guidance, output_type="np", callback_on_step_end=on_step,
+             max_sequence_length=gpu_models.TEXT_TOKENS[s.gpu],
              generator=torch.Generator().manual_seed(1))
 
     watch = GpuWatch(s.gpu)

@@ -20,6 +20,7 @@ UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers
                 layer_norm_epsilon=1e-6, tie_word_embeddings=False)
 CLIP_VIT_H14 = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
                     patch_size=14, image_size=224, projection_dim=1024, hidden_act="gelu", layer_norm_eps=1e-5)
+TEXT_TOKENS = {True: 512, False: 32}  # Wan's trained text length; the tiny encoder's
 SIZES = {"wan2.1-i2v-480p": "Wan2.1-I2V-14B (40 blocks, dim 5120) + UMT5-XXL + CLIP ViT-H/14 + Wan VAE",
          "wan2.2-i2v-a14b": "Wan2.2-I2V-A14B (two 40-block dim-5120 experts, boundary 0.9) + UMT5-XXL + Wan VAE"}
 
@@ -108,6 +109,10 @@ def backend_class(name: str, gpu: bool) -> type:
 
     class Checked(base):  # type: ignore[misc, valid-type]
         spec = dataclasses.replace(base.spec, model_id=None)
+
+        def __init__(self, **options: Any) -> None:
+            options.setdefault("max_sequence_length", TEXT_TOKENS[gpu])  # the real model's 512 on the GPU
+            super().__init__(**options)
 
         def _build(self) -> Any:
             return build(name, gpu, 3.0)  # the backend's `shift` option replaces the scheduler as in production
