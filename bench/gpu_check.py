@@ -4,17 +4,18 @@ script and for our backend at each option set, with GPU busy %, peak memory, NVM
 It drives the backend classes directly (no Ray, no MLflow) on full-size random-weight Wan models built from the
 published configs (bench/gpu_models.py; nothing is downloaded), runs the meter against real NVML once, and writes
 bench/results/gpu.json. Without CUDA it runs the same code on the tiny models (mechanics only) and says, in the
-JSON and on stdout, that it ran no GPU. The plain 40-step script is timed for its first `--plain-steps` steps and
+JSON and on stdout, that it ran no GPU. The plain 40-step script is timed for its first 4 steps and
 extrapolated (the steps are identical in cost; the method is recorded); on CPU a full 40-step run checks that.
 
 On the device machine (PyTorch, transformers, accelerate, peft, nvidia-ml-py; no diffusers, no registry), after
-`make gpu-wheels` here, with carry [".gpu-wheels"]:
+`make gpu-wheels` here (13 MB of CPython 3.12 wheels in the git-ignored .gpu-wheels/), one run with
+carry [".gpu-wheels"] and timeout_s 590:
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu-wheels/*.whl \
       && PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 python3 bench/gpu_check.py --out $OUT/gpu.json
 
 (about 7 minutes on one H200; `--budget-s` skips, and records, the sets that would not fit), then copy the JSON
-to bench/results/gpu.json and commit it. Here: `make gpu-check` (CPU rehearsal, about two minutes).
+to bench/results/gpu.json and commit it. Here: `make gpu-check` (CPU rehearsal, 3 to 5 minutes on two cores).
 """
 from __future__ import annotations
 
