@@ -29,6 +29,7 @@ from pipeline import secrets
 from pipeline.cache import Cache, digest, file_digest
 from pipeline.job import Job
 from pipeline.metering import attempts as attempt_log
+from pipeline.metering import tasks as task_log
 from pipeline.metering.meter import Meter
 from pipeline.metering.usage import UsageRecord
 from pipeline.stages import StageCall, StageRun
@@ -158,7 +159,14 @@ def execute(info: RunInfo, stage_name: str, call: StageCall, attempt: int = 1,
                 staging = cache.staging()
                 backend = backend if backend is not None else make_backend(info.job, stage_name)
                 run = StageRun(workdir=staging, backend=backend, report_usage=m.add_ai_usage)
-                outputs = cache.commit(key, staging, secrets.redact_obj(stage.run(call, run)))
+                with task_log.bound(journal(info, meter)):
+                    try:
+                        produced = stage.run(call, run)
+                    except Exception as exc:  # a provider billed a call that then failed: meter it anyway
+                        for item in getattr(exc, "ai_usage", ()):
+                            m.add_ai_usage(item["tool"], item["unit"], float(item["quantity"]))
+                        raise
+                outputs = cache.commit(key, staging, secrets.redact_obj(produced))
     except Exception as exc:  # metered below, then re-raised as a StageFailed the driver understands
         error = exc
         if staging is not None:  # a half-written build never lingers (nor keeps a full disk full)
@@ -196,6 +204,21 @@ def begin_attempt(info: RunInfo, meter: Meter) -> None:
                                   shot=ids["shot"], backend=ids["backend"], attempt=ids["attempt"],
                                   gpus=meter.gpus, cpus=meter.cpus, driver=info.driver)
     append(info.sink, [(attempt_log.KIND, body, attempt_log.start_key(body["usage_key"]))])
+
+
+def journal(info: RunInfo, meter: Meter) -> Any:
+    """The attempt's provider-task journal (pipeline/metering/tasks.py): facts through the ledger writer,
+    read back from the ledger; without a ledger, a journal that records nothing."""
+    if info.sink is None or info.ledger_url is None:
+        return task_log.NoJournal()
+    from pipeline.metering.ledger import Ledger
+
+    ids = meter.ids
+    key = attempt_log.idempotency_key(ids["job"], ids["stage"], ids["shot"], ids["attempt"])
+    return task_log.Journal(sink=info.sink, reader=lambda: Ledger.open(info.ledger_url, create=False),
+                            ids={"job": ids["job"], "drama": ids["drama"], "episode": ids["episode"],
+                                 "stage": ids["stage"], "shot": ids["shot"], "attempt": ids["attempt"],
+                                 "usage_key": key}, limit=info.job.budget.max_cny)
 
 
 def append(sink: Any, items: list[tuple[str, dict, str]]) -> list[Any]:
