@@ -116,7 +116,9 @@ def preflight(job: Job) -> list[str]:
             problems += [secrets.redact(p) for p in exc.problems]
         except (TypeError, ValueError, ModuleNotFoundError) as exc:
             problems.append(secrets.redact(f"stages.{section}: backend {settings.backend!r}: {exc}"))
-    return problems
+    from pipeline.finance.plan import preflight_prices
+
+    return problems + preflight_prices(job)
 
 
 def is_resident(job: Job, stage: str) -> bool:
