@@ -83,7 +83,7 @@ class KlingHandler(JsonHandler):
             self.send_json(400, self._doc(1201, "image is required", {}))
             return
         w, h = SIZES[body.get("mode", "std")]
-        task = Task(self.server.new_id("kl-"), "video", prompt, w, h, float(body.get("duration", "5")), fps=30)
+        task = Task(self.server.new_id("kl-"), "video", prompt, w, h, float(body.get("duration", "5")), fps=24)
         self.server.tasks[task.id] = task
         self.send_json(200, self._doc(0, "SUCCEED", {"task_id": task.id, "task_status": "submitted",
                                                      "created_at": int(time.time() * 1000)}))
