@@ -74,6 +74,7 @@ class StageFailed(Exception):
     message: str
     record: dict = field(default_factory=dict)
     errno: int | None = None  # of an OSError (ENOSPC: the disk is full)
+    retryable: bool = True  # False: the same call would fail the same way or pay again (moderation, budget)
 
     def __str__(self) -> str:
         where = f"{self.stage}[{self.shot}]" if self.shot else self.stage
@@ -180,7 +181,8 @@ def execute(info: RunInfo, stage_name: str, call: StageCall, attempt: int = 1,
     if error is not None:
         message = describe_error(error, staging or info.cache_root)
         failed = StageFailed(stage_name, call.shot_id, message, record.model_dump(mode="json"),
-                             error.errno if isinstance(error, OSError) else None)
+                             error.errno if isinstance(error, OSError) else None,
+                             bool(getattr(error, "retryable", True)))
         if secrets.redact(str(error)) != str(error):
             raise failed from None  # the original text holds a secret: keep it out of chained tracebacks
         raise failed from error
@@ -294,8 +296,8 @@ def execute_with_retries(info: RunInfo, stage_name: str, call: StageCall, backen
             result = execute(info, stage_name, call, attempt, backend)
             result["attempts"] = attempt
             return result
-        except StageFailed:
-            if attempt == first + attempts - 1:
+        except StageFailed as failed:
+            if attempt == first + attempts - 1 or not failed.retryable:
                 raise
     raise AssertionError("unreachable")
 

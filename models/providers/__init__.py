@@ -38,11 +38,17 @@ class TaskFailed(ProviderError):
 
 
 class ContentRefused(ProviderError):
-    """The provider's content moderation refused the prompt or the input image."""
+    """The provider's content moderation refused the prompt or the input image (not retried: the same
+    prompt gets the same verdict)."""
+
+    retryable = False
 
 
 class WrongResult(ProviderError):
-    """The result has the wrong size or length: rejected, billed as the provider bills it."""
+    """The result has the wrong size or length: rejected, billed as the provider bills it (not retried
+    automatically: a retry would pay again)."""
+
+    retryable = False
 
 
 class PollTimeout(ProviderError):

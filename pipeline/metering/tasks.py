@@ -55,6 +55,8 @@ class Prior:
 class BudgetRefused(RuntimeError):
     """Reserving this shot's planned cost would exceed budget.max_cny: the shot is not submitted."""
 
+    retryable = False
+
 
 def reserve(ledger: Any, body: dict[str, Any], key: str, limit: Decimal | None) -> dict[str, Any]:
     """Atomically (call it where appends are serialised: the ledger writer) check and append a reservation.
