@@ -57,12 +57,17 @@ def estimate(job: Any, shots: int, tracking_uri: str) -> dict[str, Any]:
     """Predicted cost per stage and in total; stages with no history are listed as unknown."""
     from pipeline.orchestrate import backend_settings
 
+    from pipeline.finance import plan as planned_units
+
     rates = learn_rates(tracking_uri, job.drama) or learn_rates(tracking_uri)
+    planned = planned_units.for_job(job)  # AI-tool units priced from the table: no history needed
     lines, total, unknown = [], Decimal(0), []
     for stage, count in plan(job, shots).items():
         settings = backend_settings(job, stage)
         backend = settings.backend if settings else "ffmpeg"
         rate = rates.get((stage, backend))
+        if rate is None and stage in planned["stages"]:
+            rate = StageRate(stage, backend, planned["stages"][stage] / max(1, count), 0)  # AI tools only, no compute
         if rate is None:
             unknown.append(stage)
             lines.append({"stage": stage, "backend": backend, "executions": count, "per_execution": None,
@@ -74,7 +79,8 @@ def estimate(job: Any, shots: int, tracking_uri: str) -> dict[str, Any]:
                       "per_execution": str(rate.per_execution.quantize(Decimal("0.000001"))),
                       "estimate_cny": str(amount.quantize(Decimal("0.01"))), "samples": rate.samples})
     return {"drama": job.drama, "episode": job.episode, "shots": shots, "stages": lines,
-            "total_cny": str(total.quantize(Decimal("0.01"))), "unknown_stages": unknown}
+            "total_cny": str(total.quantize(Decimal("0.01"))), "unknown_stages": unknown,
+            "planned": planned_units.as_json(planned)}
 
 
 class BudgetGuard:
@@ -84,6 +90,12 @@ class BudgetGuard:
         self.job, self.run_id, self.ledger_url = job, run_id, ledger_url
         self.limit: Decimal = job.budget.max_cny
         self.rates = learn_rates(tracking_uri, job.drama) or learn_rates(tracking_uri)
+        from pipeline.finance.plan import for_job
+
+        try:
+            self.planned = for_job(job)["stages"]
+        except Exception:  # a job that cannot be planned before its script exists: history only
+            self.planned = {}
 
     def spent(self) -> Decimal:
         from pipeline.metering.ledger import Ledger
@@ -100,6 +112,8 @@ class BudgetGuard:
         settings = backend_settings(self.job, stage)
         backend = settings.backend if settings else "ffmpeg"
         rate = self.rates.get((stage, backend))
+        if rate is None and stage in self.planned:  # no history: the planned AI-tool cost of the stage
+            rate = StageRate(stage, backend, self.planned[stage] / max(1, executions), 0)
         upcoming = rate.per_execution * executions if rate else Decimal(0)
         spent = self.spent()
         if spent + upcoming > self.limit:

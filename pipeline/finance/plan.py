@@ -184,3 +184,41 @@ def plan_episode(job: Any, script: Any, *, at: dt.datetime | None = None, book: 
     minutes = Decimal(str(round(sum(seconds), 6))) / 60 if seconds else Decimal(0)
     return {"lines": lines, "total": total, "seconds": sum(seconds), "shots": len(seconds),
             "per_minute": (total / minutes) if minutes else None}
+
+
+def source_script(job: Any) -> Any:
+    """The Script to plan from: the writer's screenplay, or for a treatment one shot per beat whose beat
+    text stands in for its dialogue (a screenwriter's output is not known before it runs)."""
+    from pipeline.script import Line, Scene, Script, Shot
+    from pipeline.stages.script import read_source
+
+    source = read_source(job)
+    if hasattr(source, "shots"):
+        return source
+    lang = source.language or job.primary_language
+    shots = tuple(Shot(id=f"s01-sh{i + 1:02d}", scene=1, index=i + 1, location="", action=beat,
+                       lines=(Line(speaker="N", text={g: beat for g in job.languages} | {lang: beat}),))
+                  for i, beat in enumerate(source.beats or (source.logline,)))
+    return Script(title=source.title, language=lang, scenes=(Scene(number=1, heading="", location="", shots=shots),))
+
+
+def for_job(job: Any, *, at: dt.datetime | None = None, book: Any = None) -> dict[str, Any]:
+    """The planned AI-tool cost of one run of `job`, by stage: {"stages": {stage: Decimal}, "lines", ...}."""
+    result = plan_episode(job, source_script(job), at=at, book=book)
+    by_stage: dict[str, Decimal] = {}
+    for line in result["lines"]:
+        by_stage[line.stage] = by_stage.get(line.stage, Decimal(0)) + line.amount
+    return {**result, "stages": by_stage}
+
+
+def as_json(planned: dict[str, Any]) -> dict[str, Any]:
+    """The plan for `microdrama estimate --json`: exact amounts as strings, the per-minute figure to the fen."""
+    from pipeline.money import to_fen
+
+    per_minute = planned.get("per_minute")
+    return {"seconds": round(planned["seconds"], 3), "shots": planned["shots"],
+            "ai_tools_cny": str(to_fen(planned["total"])), "ai_tools_exact_cny": str(planned["total"]),
+            "ai_tools_per_finished_minute_cny": None if per_minute is None else str(to_fen(per_minute)),
+            "lines": [{"stage": ln.stage, "backend": ln.backend, "item": ln.tool, "unit": ln.unit,
+                       "quantity": str(ln.quantity), "rate": str(ln.rate), "per": ln.per, "amount": str(ln.amount),
+                       "price_table": ln.table, "source": ln.source} for ln in planned["lines"]]}
