@@ -275,3 +275,66 @@ def test_profiles_price_every_billed_item_and_a_missing_price_stops_the_run(tmp_
     assert problems == ["stages.video: backend 'kling-api' bills 'kling-v2-1:std:5s', which no price table in "
                         "force prices; add it to configs/prices/ (with its source page) before running — it "
                         "would not be billed as zero"]
+
+
+def _orchestrated(tmp_path, server, secrets_file, **video_options):
+    """An api-profile job whose video stage talks to `server`, run through orchestrate.execute with a ledger."""
+    import yaml
+
+    from pipeline.job import load_job
+    from pipeline.metering.ledger import Ledger
+    from pipeline.orchestrate import RunInfo
+
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "e.fountain").write_text("Title: t\n", encoding="utf-8")
+    options = {"base_url": server.root + "/api/v1", "secrets_file": str(secrets_file),
+               "api_key_name": "DASHSCOPE_API_KEY", "resolution": "480p", **FAST, **video_options}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump({
+        "drama": "d", "episode": "e1", "profile": "api", "screenplay": "e.fountain",
+        "stages": {"script": {"backend": "fountain", "options": {}},
+                   "video": {"options": options, "width": 270, "height": 480, "fps": 12}}}), encoding="utf-8")
+    job = load_job(tmp_path / "job.yaml")
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger.open(url)
+    return RunInfo(run_id="run-1", job=job, cache_root=str(tmp_path / "cache"), sink=ledger, ledger_url=url), ledger
+
+
+def _video_call(tmp_path, action="she signs the contract"):
+    from pipeline.stages import StageCall
+
+    shot = _shot(action)
+    return StageCall(shot.id, {"shot": shot, "storyboard": {"image": str(_keyframe(tmp_path))},
+                               "dub": {"duration_s": 3.2}})
+
+
+def test_orchestrated_attempts_resume_the_task_and_bill_rejected_results(servers, tmp_path):
+    from pipeline.orchestrate import StageFailed, execute
+
+    secrets_file = tmp_path / "secrets.env"
+    secrets_file.write_text(f"DASHSCOPE_API_KEY={DS_KEY}\n", encoding="utf-8")
+    secrets_file.chmod(0o600)
+    ds = servers("ds", slow_polls=10_000)
+    info, ledger = _orchestrated(tmp_path, ds, secrets_file, task_timeout_s=0.2)
+    with pytest.raises(StageFailed, match="PollTimeout"):
+        execute(info, "video", _video_call(tmp_path), attempt=1)
+    ds.behaviour.slow_polls = 0
+    info2, _ = _orchestrated(tmp_path, ds, secrets_file)
+    result = execute(info2, "video", _video_call(tmp_path), attempt=2)
+    assert ds.submissions == 1 and result["outputs"]["params"]["resumed"] == "open"
+    usage = {u.body["attempt"]: u.body for u in ledger.entries(kind="usage")}
+    assert usage[1]["status"] == "failed" and usage[1]["ai_usage"] == []
+    assert usage[2]["ai_usage"] == [{"tool": "wan2.5-i2v-preview:480p", "unit": "second", "quantity": 5.0}]
+
+    bad = servers("ds", wrong_size=("tears",))
+    info3, _ = _orchestrated(tmp_path / "b", bad, secrets_file)
+    with pytest.raises(StageFailed, match="WrongResult.*832×480, asked for 480×832"):
+        execute(info3, "video", _video_call(tmp_path / "b", "she tears it up"), attempt=1)
+    led3 = info3.sink
+    [failed] = [u.body for u in led3.entries(kind="usage")]
+    ai = [c.body for c in led3.entries(kind="cost") if c.body["kind"] == "ai_tool"]
+    assert failed["status"] == "failed" and [(c["item"], Decimal(c["amount"])) for c in ai] == [
+        ("wan2.5-i2v-preview:480p", Decimal("1.50"))]
+    [end] = [e.body for e in led3.entries(kind=tasks.END)]
+    assert end["status"] == "rejected" and "832×480" in end["result"]["rejected"]
+    ledger.close()
+    led3.close()
