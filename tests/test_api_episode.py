@@ -86,6 +86,7 @@ def api_runs(tmp_path_factory, ray_session):
         out["costs"] = [e.body for e in led.entries(kind="cost")]
         out["tasks"] = [e.body for e in led.entries(kind="provider_task")]
         out["ends"] = [e.body for e in led.entries(kind="provider_task_end")]
+        out["reservations"] = [e.body for e in led.entries(kind="budget_reservation")]
     yield out
     server.stop()
 
@@ -142,6 +143,11 @@ def test_ledger_bills_the_provider_usage_once(api_runs):
     assert amount == Decimal("3.00")
     for end in api_runs["ends"]:
         assert end["status"] == "succeeded" and end["result"]["result_sha256"]
+    # every submission reserved its planned cost through the ledger writer first (budget.max_cny is set)
+    held = sorted((r["stage"], r["shot"], Decimal(r["amount"])) for r in api_runs["reservations"])
+    assert [h for h in held if h[0] == "video"] == [("video", "s01-sh01", Decimal("1.50")),
+                                                    ("video", "s01-sh02", Decimal("1.50")),
+                                                    ("video", "s01-sh02", Decimal("1.50"))]
 
 
 def test_mlflow_and_claims_show_the_ai_tool_lines(api_runs):

@@ -338,3 +338,44 @@ def test_orchestrated_attempts_resume_the_task_and_bill_rejected_results(servers
     assert end["status"] == "rejected" and "832×480" in end["result"]["rejected"]
     ledger.close()
     led3.close()
+
+
+def test_concurrency_limit_per_provider_holds_across_threads():
+    import threading
+    import time
+
+    state = {"now": 0, "peak": 0}
+    lock = threading.Lock()
+
+    def send():
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        time.sleep(0.05)
+        with lock:
+            state["now"] -= 1
+        return "ok"
+
+    limits = Limits(concurrency=2)
+    threads = [threading.Thread(target=with_backoff, args=("conc-test", limits, send, lambda r: None))
+               for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert state["peak"] == 2
+
+
+def test_wan_text_to_video_and_doubao_chat_on_ark(servers, tmp_path):
+    ds, ark = servers("ds"), servers("ark")
+    t2v = resolve("video", "wan-api")(model="wan2.5-t2v-preview", mode="t2v", resolution="480p",
+                                      base_url=ds.root + "/api/v1", **FAST)
+    r = _render(t2v, tmp_path)
+    sent = [q for q in ds.requests if q["method"] == "POST"][0]["body"]
+    assert "img_url" not in sent["input"] and sent["model"] == "wan2.5-t2v-preview"
+    assert r.ai_usage[0]["tool"] == "wan2.5-t2v-preview:480p"
+    mt = resolve("translate", "llm-api")(base_url=ark.root + "/api/v3", model="doubao-1-5-pro-32k-250115",
+                                         api_key_env="ARK_API_KEY")
+    out = mt.translate(["签了它。"], src="zh", tgt="en", glossary={})
+    assert out.outputs["texts"] == ["[English] 签了它。"]
+    assert {u["tool"] for u in out.ai_usage} == {"doubao-1-5-pro-32k-250115:input", "doubao-1-5-pro-32k-250115:output"}

@@ -160,18 +160,3 @@ def download(url: str, dest: Path, *, timeout_s: float = 120.0) -> Download:
     except httpx.HTTPError as exc:
         raise ProviderError(f"result download {url.split('?')[0]}: {exc}") from None
     return Download(str(dest), h.hexdigest(), size, url.split("?")[0])
-
-
-def poll(provider: str, task_id: str, limits: Limits, fetch: Callable[[], tuple[str, Any]],
-         done: tuple[str, ...], failed: tuple[str, ...]) -> tuple[str, Any]:
-    """Poll `fetch()` → (status, payload) until a terminal status or `limits.timeout_s`."""
-    start = time.monotonic()
-    while True:
-        status, payload = fetch()
-        if status in done or status in failed:
-            return status, payload
-        if time.monotonic() - start > limits.timeout_s:
-            raise PollTimeout(f"{provider} task {task_id} still {status} after {limits.timeout_s:.0f} s; it "
-                              f"stays recorded in the ledger and the next run polls it instead of paying again",
-                              task_id=task_id)
-        limits.sleep(limits.poll_s)

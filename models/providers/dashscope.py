@@ -112,10 +112,9 @@ class DashScope:
 
     def fetch(self, task_id: str) -> TaskState:
         """One poll of a task (GET /tasks/{id})."""
-        sdk = _sdk()
+        _sdk()  # a clear error when the SDK is missing
         from dashscope.client.base_api import BaseAsyncApi
 
-        del sdk
         resp = with_backoff(NAME, self.limits, lambda: BaseAsyncApi.fetch(
             task_id, api_key=self._key(), base_address=self.base_url), self._throttled)
         if resp.status_code != 200:

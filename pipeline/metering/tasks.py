@@ -66,8 +66,7 @@ def reserve(ledger: Any, body: dict[str, Any], key: str, limit: Decimal | None) 
     existing = ledger.find(key)
     spent = exact_sum(e.body["amount"] for e in ledger.entries(kind="cost", where={"job": run}))
     held = [e.body for e in ledger.entries(kind=RESERVATION, where={"job": run})]
-    reserved = exact_sum(Decimal(r["amount"]) for r in held
-                         if ledger.find(r["usage_key"]) is None and r is not None)
+    reserved = exact_sum(Decimal(r["amount"]) for r in held if ledger.find(r["usage_key"]) is None)
     facts = {"spent": str(spent), "reserved": str(reserved), "amount": str(amount)}
     if existing is not None:  # this very reservation was made already (a retried call)
         return {"ok": True, **facts}
