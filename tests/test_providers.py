@@ -164,6 +164,9 @@ def test_failed_task_expired_url_and_slow_task(servers, tmp_path):
     with pytest.raises(ProviderError, match="HTTP 403.*expire") as err:
         _render(_wan(gone), tmp_path)
     assert err.value.ai_usage[0]["quantity"] == 5.0  # the provider billed the clip we could not fetch
+    mute = servers("ds", no_usage=True)
+    with pytest.raises(ProviderError, match="reports no usage, so the call cannot be metered"):
+        _render(_wan(mute), tmp_path)
     slow = servers("ds", slow_polls=10_000)
     with pytest.raises(PollTimeout, match="still RUNNING.*next run polls it"):
         _render(_wan(slow, task_timeout_s=0.2), tmp_path)
