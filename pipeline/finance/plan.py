@@ -93,7 +93,7 @@ def _probe_facts(job: Any, section: str) -> dict[str, Any]:
         return {"duration_s": 5.0, "width": v.width, "height": v.height, "fps": v.fps}
     if section == "storyboard":
         return {"width": job.stages.storyboard.width, "height": job.stages.storyboard.height}
-    if section in ("tts",):
+    if section in ("tts", "dub"):
         return {"text": "你好", "lang": job.primary_language}
     return {"text": "你好", "lang": job.primary_language, "targets": job.languages[1:]}
 
@@ -148,23 +148,25 @@ def plan_episode(job: Any, script: Any, *, at: dt.datetime | None = None, book: 
                         for shot in script.shots for line in shot.lines)
     seconds = [shot_seconds(shot, lang, s.dub) for shot in script.shots]
 
-    def add(stage: str, section: str, facts_list: list[dict[str, Any]]) -> None:
-        settings = getattr(s, section)
-        planner = backend_planner(section, settings.backend)
+    def add(stage: str, facts_list: list[dict[str, Any]]) -> None:
+        from pipeline.orchestrate import STAGES, backend_settings
+
+        settings = backend_settings(job, stage)
+        planner = backend_planner(STAGES[stage][1], settings.backend)
         if planner is None:
             return
         for facts in facts_list:
             for item in planner(dict(settings.options), **facts):
                 usage.append((stage, settings.backend, item))
 
-    add("script", "script", [{"text": all_text, "lang": lang}])
-    add("translate", "translate", [{"text": all_text, "lang": lang, "targets": job.languages[1:]}])
-    add("storyboard", "storyboard", [{"width": s.storyboard.width, "height": s.storyboard.height}] * len(seconds))
-    add("video", "video", [{"duration_s": d, "width": s.video.width, "height": s.video.height, "fps": s.video.fps}
-                           for d in seconds])
+    add("script", [{"text": all_text, "lang": lang}])
+    add("translate", [{"text": all_text, "lang": lang, "targets": job.languages[1:]}])
+    add("storyboard", [{"width": s.storyboard.width, "height": s.storyboard.height}] * len(seconds))
+    add("video", [{"duration_s": d, "width": s.video.width, "height": s.video.height, "fps": s.video.fps}
+                  for d in seconds])
     langs = s.dub.languages or job.languages
-    add("dub", "tts", [{"text": line.text.get(g) or "", "lang": g} for shot in script.shots
-                       for line in shot.lines for g in langs])
+    add("dub", [{"text": line.text.get(g) or "", "lang": g} for shot in script.shots
+                for line in shot.lines for g in langs])
     merged: dict[tuple[str, str, str, str], Decimal] = {}
     for stage, backend, item in usage:
         k = (stage, backend, item["tool"], item["unit"])
