@@ -169,6 +169,7 @@ def execute(info: RunInfo, stage_name: str, call: StageCall, attempt: int = 1,
                         for item in getattr(exc, "ai_usage", ()):
                             m.add_ai_usage(item["tool"], item["unit"], float(item["quantity"]))
                         raise
+                report_plan_difference(m, produced)
                 outputs = cache.commit(key, staging, secrets.redact_obj(produced))
     except Exception as exc:  # metered below, then re-raised as a StageFailed the driver understands
         error = exc
@@ -208,6 +209,14 @@ def begin_attempt(info: RunInfo, meter: Meter) -> None:
                                   shot=ids["shot"], backend=ids["backend"], attempt=ids["attempt"],
                                   gpus=meter.gpus, cpus=meter.cpus, driver=info.driver)
     append(info.sink, [(attempt_log.KIND, body, attempt_log.start_key(body["usage_key"]))])
+
+
+def report_plan_difference(meter: Meter, produced: Any) -> None:
+    """A hosted call billed other than planned says so in its usage record (meta.billed_vs_planned)."""
+    params = produced.get("params") if isinstance(produced, dict) else None
+    diff = params.get("billed_vs_planned") if isinstance(params, dict) else None
+    if diff and diff != "as planned":
+        meter.meta["billed_vs_planned"] = str(diff)[:500]
 
 
 def journal(info: RunInfo, meter: Meter) -> Any:

@@ -328,6 +328,14 @@ def test_orchestrated_attempts_resume_the_task_and_bill_rejected_results(servers
     assert usage[1]["status"] == "failed" and usage[1]["ai_usage"] == []
     assert usage[2]["ai_usage"] == [{"tool": "wan2.5-i2v-preview:480p", "unit": "second", "quantity": 5.0}]
 
+    extra = servers("ds", bill_extra_s=1)
+    info4, _ = _orchestrated(tmp_path / "c", extra, secrets_file)
+    execute(info4, "video", _video_call(tmp_path / "c", "she smiles"), attempt=1)
+    [record] = [u.body for u in info4.sink.entries(kind="usage")]
+    assert record["meta"]["billed_vs_planned"] == "wan2.5-i2v-preview:480p: planned 5 second, billed 6"
+    assert record["ai_usage"][0]["quantity"] == 6.0  # metered as the provider billed it
+    info4.sink.close()
+
     bad = servers("ds", wrong_size=("tears",))
     info3, _ = _orchestrated(tmp_path / "b", bad, secrets_file)
     with pytest.raises(StageFailed, match="WrongResult.*832×480, asked for 480×832"):

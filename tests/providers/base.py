@@ -33,6 +33,7 @@ class Behaviour:
     slow_polls: int = 0  # polls answered "running" before the end
     url_ttl_s: float = 3600.0
     no_usage: bool = False
+    bill_extra_s: int = 0  # the provider bills this many seconds more than the clip it was asked for
 
 
 @dataclass

@@ -60,7 +60,7 @@ class DashScopeHandler(JsonHandler):
         usage: dict[str, Any]
         if task.kind == "video":
             out["video_url"] = task.extra["url"]
-            usage = {"video_duration": int(task.seconds), "video_ratio": f"{task.width}*{task.height}",
+            usage = {"video_duration": int(task.seconds) + b.bill_extra_s, "video_ratio": f"{task.width}*{task.height}",
                      "video_count": 1}
         else:
             out["results"] = [{"url": task.extra["url"], "orig_prompt": task.prompt}]
