@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from models.providers import (ContentRefused, Limits, PollTimeout, ProviderError, RateLimited, TaskFailed,
-                              WrongResult, with_backoff)
+from models.providers import (ContentRefused, Limits, PollTimeout, ProviderError, RateLimited, SubmitUncertain,
+                              TaskFailed, WrongResult, with_backoff)
 from models.registry import resolve
 from pipeline.metering import tasks
 from pipeline.script import Script, Shot
@@ -141,6 +141,11 @@ def test_kling_signs_a_jwt_and_bills_one_clip_by_mode_and_duration(servers, tmp_
     with pytest.raises(ProviderError, match="HTTP 401 code 1004") as err:
         _render(resolve("video", "kling-api")(base_url=kl.root, **FAST), tmp_path)
     assert "not-the-secret" not in str(err.value)
+    monkeypatch.setenv("KLING_SECRET_KEY", KL_SK)
+    kl.behaviour.stall_s = 1.0  # the submission times out after it was sent
+    with pytest.raises(SubmitUncertain, match="may exist and be billed.*s01-sh01") as err:
+        _render(cls(base_url=kl.root, timeout_s=0.2, **FAST), tmp_path)
+    assert err.value.retryable is False
 
 
 def test_moderation_refusal_names_the_shot_and_prompt(servers, tmp_path):

@@ -51,6 +51,13 @@ class WrongResult(ProviderError):
     retryable = False
 
 
+class SubmitUncertain(ProviderError):
+    """A submission timed out or lost its connection after it was sent: the provider may have accepted
+    (and will bill) it without us learning the task id. Not retried automatically — that could pay twice."""
+
+    retryable = False
+
+
 class PollTimeout(ProviderError):
     """The task was still running when `timeout_s` ran out (it stays recorded: a re-run polls it again)."""
 

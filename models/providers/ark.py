@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.providers import Limits, ProviderError, TaskFailed, refused, retry_after, with_backoff
+from models.providers import (Limits, ProviderError, SubmitUncertain, TaskFailed, refused, retry_after,
+                              with_backoff)
 from pipeline import secrets
 from pipeline.errors import UserError
 
@@ -81,10 +82,16 @@ class ArkProvider:
         return None
 
     def _call(self, what: str, send: Any, *, shot: str | None, prompt: str) -> Any:
-        from volcenginesdkarkruntime._exceptions import ArkAPIError
+        from volcenginesdkarkruntime._exceptions import ArkAPIConnectionError, ArkAPIError
 
         try:
             return with_backoff(NAME, self.limits, send, self._throttled)
+        except ArkAPIConnectionError as exc:  # includes timeouts: a submission may have been accepted
+            if what.startswith(("video task", "image")):
+                raise SubmitUncertain(f"{NAME} {what}: {type(exc).__name__} after the request was sent; the "
+                                      f"task may exist and be billed — check the Ark console before re-running "
+                                      f"shot {shot}") from None
+            raise ProviderError(f"{NAME} {what}: {type(exc).__name__}: {exc}") from None
         except ArkAPIError as exc:
             code = str(getattr(exc, "code", "") or "")
             message = str(getattr(exc, "message", exc))

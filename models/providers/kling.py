@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from models.providers import (Limits, ProviderError, TaskFailed, refused, retry_after, with_backoff)
+from models.providers import (Limits, ProviderError, SubmitUncertain, TaskFailed, refused, retry_after,
+                              with_backoff)
 from pipeline import secrets
 from pipeline.errors import UserError
 
@@ -89,6 +90,12 @@ class Kling:
 
         try:
             resp = with_backoff(NAME, self.limits, send, self._throttled)
+        except (httpx.TimeoutException, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            if method == "POST":
+                raise SubmitUncertain(f"{NAME} {method} {path}: {type(exc).__name__} after the request was sent; "
+                                      f"the task may exist and be billed — check the Kling console before "
+                                      f"re-running shot {shot}") from None
+            raise ProviderError(f"{NAME} {method} {path}: {type(exc).__name__}: {exc}") from None
         except httpx.HTTPError as exc:
             raise ProviderError(f"{NAME} {method} {path}: {exc}") from None
         try:

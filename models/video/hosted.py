@@ -159,7 +159,7 @@ class SeedanceApiVideo:
         self.model, self.resolution, self.mode, self.style = model, resolution, mode, style
         self.provider_fps = int(provider_fps)
         self.client = ArkProvider(stage="video", limits=_limits(options),
-                                  **{k: v for k, v in options.items() if k in _KEY_OPTIONS})
+                                  **{k: v for k, v in options.items() if k in (*_KEY_OPTIONS, "timeout_s")})
 
     def __repr__(self) -> str:
         return f"SeedanceApiVideo({self.model}, {self.resolution}, {self.client!r})"
@@ -223,7 +223,8 @@ class KlingApiVideo:
             raise UserError(f"stages.video.options.mode: one of {', '.join(MODES)}, got {mode!r}")
         self.model, self.mode, self.cfg_scale, self.style = model, mode, float(cfg_scale), style
         self.negative_prompt = negative_prompt
-        keys = ("access_key_env", "secret_key_env", "secrets_file", "access_key_name", "secret_key_name", "base_url")
+        keys = ("access_key_env", "secret_key_env", "secrets_file", "access_key_name", "secret_key_name", "base_url",
+                "timeout_s")
         self.client = Kling(stage="video", limits=_limits(options),
                             **{k: v for k, v in options.items() if k in keys})
 

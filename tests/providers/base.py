@@ -33,6 +33,7 @@ class Behaviour:
     slow_polls: int = 0  # polls answered "running" before the end
     url_ttl_s: float = 3600.0
     no_usage: bool = False
+    stall_s: float = 0.0  # the server sleeps this long before answering a submission
     bill_extra_s: int = 0  # the provider bills this many seconds more than the clip it was asked for
 
 
@@ -66,6 +67,12 @@ class FakeServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self._ids = itertools.count(1)
         self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):  # a client that gave up
+            super().handle_error(request, client_address)
 
     @property
     def root(self) -> str:

@@ -72,6 +72,8 @@ class KlingHandler(JsonHandler):
             return
         b = self.server.behaviour
         prompt = str(body.get("prompt", ""))
+        if b.stall_s:
+            time.sleep(b.stall_s)
         if self.server.throttled():
             self.send_json(429, self._doc(1302, "API request too frequent, please reduce the rate", {}),
                            {"Retry-After": b.retry_after})
