@@ -201,6 +201,11 @@ def test_a_task_left_open_is_polled_again_not_paid_twice(servers, tmp_path):
     with tasks.bound(_journal(ledger, 3)):  # the clip got lost before the cache held it: fetched, not re-billed
         again = _render(_wan(ds), tmp_path)
     assert ds.submissions == 1 and again.params["resumed"] == "ended" and again.ai_usage == ()
+    for token, (path, _) in list(ds.files.items()):  # a day later the result URL has expired
+        ds.files[token] = (path, 0.0)
+    with tasks.bound(_journal(ledger, 4)):  # the result is gone: the request is submitted and billed again
+        fresh = _render(_wan(ds), tmp_path)
+    assert ds.submissions == 2 and fresh.params["resumed"] == "no" and fresh.ai_usage[0]["quantity"] == 5.0
     ledger.close()
 
 

@@ -103,8 +103,13 @@ def run_task(*, provider: str, model: str, request: dict[str, Any], submit: Call
     if prior is not None and prior.end is None:
         task_id, resumed = prior.task_id, "open"
     elif prior is not None and prior.end.get("status") == "succeeded":
-        task_id, resumed = prior.task_id, "ended"  # billed by the attempt that saw it end; fetch it again
-    else:
+        # billed by the attempt that saw it end: fetch it again for free while its result URL lives
+        again = _refetch(provider, prior.task_id, limits, fetch, dest)
+        if again is not None:
+            return Finished(provider, prior.task_id, digest, again, [], planned, "ended", journal, "succeeded")
+        log.warning("%s task %s: its result is gone (URL expired); submitting the request again",
+                    provider, prior.task_id)
+    if resumed is None:
         if journal.limit is not None:
             from pipeline.finance.plan import price_items
 
@@ -112,24 +117,32 @@ def run_task(*, provider: str, model: str, request: dict[str, Any], submit: Call
         task_id = submit()
         journal.submitted(provider, model, task_id, digest, planned)
     polled = _poll(provider, task_id, limits, fetch)
-    billed = [] if resumed == "ended" else list(polled.usage)
+    billed = list(polled.usage)
     if polled.outcome == "failed":
-        if resumed != "ended":
-            journal.ended(provider, task_id, polled.status, billed, {"error": str(polled.error)})
+        journal.ended(provider, task_id, polled.status, billed, {"error": str(polled.error)})
         err = polled.error or ProviderError(f"{provider} task {task_id} failed", task_id=task_id)
         err.ai_usage = tuple(billed)
         raise err
-    if not polled.usage and resumed != "ended":
+    if not polled.usage:
         journal.ended(provider, task_id, "unmetered", [], {})
         raise ProviderError(f"{provider} task {task_id}: the answer reports no usage, so the call cannot be "
                             f"metered; refusing the result", task_id=task_id)
     try:
         got = download(polled.url, dest)
     except ProviderError as exc:
-        if resumed != "ended":
-            journal.ended(provider, task_id, "download-failed", billed, {"error": str(exc)})
+        journal.ended(provider, task_id, "download-failed", billed, {"error": str(exc)})
         raise ProviderError(str(exc), ai_usage=tuple(billed), task_id=task_id) from None
     return Finished(provider, task_id, digest, got, billed, planned, resumed, journal, polled.status)
+
+
+def _refetch(provider: str, task_id: str, limits: Limits, fetch: Callable[[str], Polled],
+             dest: Path) -> Download | None:
+    """The result of a task that ended well earlier, or None when the provider no longer has it."""
+    try:
+        polled = _poll(provider, task_id, limits, fetch)
+        return download(polled.url, dest) if polled.outcome == "done" and polled.url else None
+    except ProviderError:
+        return None
 
 
 def _poll(provider: str, task_id: str, limits: Limits, fetch: Callable[[str], Polled]) -> Polled:
