@@ -93,7 +93,7 @@ COPY configs/ configs/
 COPY jobs/ jobs/
 # DL3013: this installs the project from its own source; every dependency is pinned above (--no-deps)
 # hadolint ignore=DL3013
-RUN pip install --no-deps ".[models,postgres,gpu]" \
+RUN pip install --no-deps ".[models,postgres,gpu,api]" \
  && pip check \
  && python -c "import pipeline.cli, ray, torch, pynvml; assert ray.__version__ == '${RAY_VERSION}'"
 

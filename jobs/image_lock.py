@@ -1,6 +1,6 @@
 """Write the images' locks: the exact versions each image installs, from the project's tested virtualenv.
 
-- jobs/image-requirements.txt: the runtime closure of `microdrama[models,postgres,gpu]` (the Ray head and
+- jobs/image-requirements.txt: the runtime closure of `microdrama[models,postgres,gpu,api]` (the Ray head and
   workers), minus torch and its CUDA libraries (the Dockerfile installs torch's CUDA build from the PyTorch
   index); nvidia-ml-py, which meters GPU energy, is locked like any other package.
 - jobs/driver-requirements.txt: the closure of `microdrama` alone (the RayJob submitter and drivers: no
@@ -23,7 +23,7 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "jobs" / "image-requirements.txt"
 DRIVER_LOCK = ROOT / "jobs" / "driver-requirements.txt"
-EXTRAS = ("models", "postgres", "gpu")
+EXTRAS = ("models", "postgres", "gpu", "api")
 IMAGE_PYTHON = "3.11"  # Debian 12's python3.11 in the image, the same minor as CI
 NOT_LOCKED = ("torch", "triton")  # installed from the PyTorch CUDA index with their nvidia-* libraries
 LOCKED_NVIDIA = ("nvidia-ml-py",)  # NVML bindings, not a CUDA library
@@ -81,7 +81,7 @@ def render(pins: dict[str, str], what: str) -> str:
     return head + "".join(f"{name}=={version}\n" for name, version in sorted(pins.items()))
 
 
-LOCKS = {LOCK: (EXTRAS, "microdrama[models,postgres,gpu] for the worker image (torch and its CUDA\n"
+LOCKS = {LOCK: (EXTRAS, "microdrama[models,postgres,gpu,api] for the worker image (torch and its CUDA\n"
                         "# libraries are installed from the PyTorch index by the Dockerfile)"),
          DRIVER_LOCK: ((), "microdrama for the driver image (no torch, no models)")}
 

@@ -19,6 +19,8 @@ BACKENDS: dict[str, dict[str, str]] = {
         "flux-tiny": "models.image.diffusers_t2i:FluxTiny",
         "flux-dev": "models.image.diffusers_t2i:FluxDev",
         "sdxl": "models.image.diffusers_t2i:SDXL",
+        "wan-t2i-api": "models.image.hosted:WanApiImage",
+        "seedream-api": "models.image.hosted:SeedreamApiImage",
     },
     "video": {
         "camera-move": "models.video.camera:CameraMoveVideo",
@@ -30,6 +32,9 @@ BACKENDS: dict[str, dict[str, str]] = {
         "wan2.2-a14b-tiny": "models.video.diffusers_video:Wan22A14BTiny",
         "ltx-tiny": "models.video.diffusers_video:LTXTiny",
         "ltx-video": "models.video.diffusers_video:LTXVideo",
+        "wan-api": "models.video.hosted:WanApiVideo",
+        "seedance-api": "models.video.hosted:SeedanceApiVideo",
+        "kling-api": "models.video.hosted:KlingApiVideo",
     },
     "tts": {
         "espeak-ng": "models.tts.espeak:EspeakTTS",
@@ -37,6 +42,7 @@ BACKENDS: dict[str, dict[str, str]] = {
         "vits-tiny": "models.tts.vits:VitsTiny",
         "mms-tts-eng": "models.tts.vits:MmsTtsEng",
         "mms-tts": "models.tts.vits:MmsTts",
+        "qwen-tts-api": "models.tts.hosted:QwenTTSApi",
     },
     "translate": {
         "none": "models.mt.none:NoTranslation",

@@ -28,6 +28,14 @@ def backend_name(job: Job, stage: str) -> str:
     return settings.backend if settings is not None else NO_BACKEND
 
 
+def backend_planner(section: str, backend: str) -> Any:
+    """The backend class's `planned(options, **facts)` (the AI-tool units one call bills, known from its
+    options alone), or None for a backend that bills no AI tool."""
+    from models.registry import resolve
+
+    return getattr(resolve(section, backend), "planned", None)
+
+
 def screenplay_path(job: Job) -> Path:
     return (job.job_dir / job.screenplay).resolve()
 

@@ -29,6 +29,7 @@ from pipeline import secrets
 from pipeline.cache import Cache, digest, file_digest
 from pipeline.job import Job
 from pipeline.metering import attempts as attempt_log
+from pipeline.metering import tasks as task_log
 from pipeline.metering.meter import Meter
 from pipeline.metering.usage import UsageRecord
 from pipeline.stages import StageCall, StageRun
@@ -69,6 +70,7 @@ class StageFailed(Exception):
     message: str
     record: dict = field(default_factory=dict)
     errno: int | None = None  # of an OSError (ENOSPC: the disk is full)
+    retryable: bool = True  # False: the same call would fail the same way or pay again (moderation, budget)
 
     def __str__(self) -> str:
         where = f"{self.stage}[{self.shot}]" if self.shot else self.stage
@@ -106,7 +108,9 @@ def preflight(job: Job) -> list[str]:
             problems += [secrets.redact(p) for p in exc.problems]
         except (TypeError, ValueError, ModuleNotFoundError) as exc:
             problems.append(secrets.redact(f"stages.{section}: backend {settings.backend!r}: {exc}"))
-    return problems
+    from pipeline.finance.plan import preflight_prices
+
+    return problems + preflight_prices(job)
 
 
 def is_resident(job: Job, stage: str) -> bool:
@@ -150,7 +154,15 @@ def execute(info: RunInfo, stage_name: str, call: StageCall, attempt: int = 1,
                 staging = cache.staging()
                 backend = backend if backend is not None else make_backend(info.job, stage_name)
                 run = StageRun(workdir=staging, backend=backend, report_usage=m.add_ai_usage)
-                outputs = cache.commit(key, staging, secrets.redact_obj(stage.run(call, run)))
+                with task_log.bound(journal(info, meter)):
+                    try:
+                        produced = stage.run(call, run)
+                    except Exception as exc:  # a provider billed a call that then failed: meter it anyway
+                        for item in getattr(exc, "ai_usage", ()):
+                            m.add_ai_usage(item["tool"], item["unit"], float(item["quantity"]))
+                        raise
+                report_plan_difference(m, produced)
+                outputs = cache.commit(key, staging, secrets.redact_obj(produced))
     except Exception as exc:  # metered below, then re-raised as a StageFailed the driver understands
         error = exc
         if staging is not None:  # a half-written build never lingers (nor keeps a full disk full)
@@ -162,7 +174,8 @@ def execute(info: RunInfo, stage_name: str, call: StageCall, attempt: int = 1,
     if error is not None:
         message = describe_error(error, staging or info.cache_root)
         failed = StageFailed(stage_name, call.shot_id, message, record.model_dump(mode="json"),
-                             error.errno if isinstance(error, OSError) else None)
+                             error.errno if isinstance(error, OSError) else None,
+                             bool(getattr(error, "retryable", True)))
         if secrets.redact(str(error)) != str(error):
             raise failed from None  # the original text holds a secret: keep it out of chained tracebacks
         raise failed from error
@@ -188,6 +201,29 @@ def begin_attempt(info: RunInfo, meter: Meter) -> None:
                                   shot=ids["shot"], backend=ids["backend"], attempt=ids["attempt"],
                                   gpus=meter.gpus, cpus=meter.cpus, driver=info.driver)
     append(info.sink, [(attempt_log.KIND, body, attempt_log.start_key(body["usage_key"]))])
+
+
+def report_plan_difference(meter: Meter, produced: Any) -> None:
+    """A hosted call billed other than planned says so in its usage record (meta.billed_vs_planned)."""
+    params = produced.get("params") if isinstance(produced, dict) else None
+    diff = params.get("billed_vs_planned") if isinstance(params, dict) else None
+    if diff and diff != "as planned":
+        meter.meta["billed_vs_planned"] = str(diff)[:500]
+
+
+def journal(info: RunInfo, meter: Meter) -> Any:
+    """The attempt's provider-task journal (pipeline/metering/tasks.py): facts through the ledger writer,
+    read back from the ledger; without a ledger, a journal that records nothing."""
+    if info.sink is None or info.ledger_url is None:
+        return task_log.NoJournal()
+    from pipeline.metering.ledger import Ledger
+
+    ids = meter.ids
+    key = attempt_log.idempotency_key(ids["job"], ids["stage"], ids["shot"], ids["attempt"])
+    return task_log.Journal(sink=info.sink, reader=lambda: Ledger.open(info.ledger_url, create=False),
+                            ids={"job": ids["job"], "drama": ids["drama"], "episode": ids["episode"],
+                                 "stage": ids["stage"], "shot": ids["shot"], "attempt": ids["attempt"],
+                                 "usage_key": key}, limit=info.job.budget.max_cny)
 
 
 def append(sink: Any, items: list[tuple[str, dict, str]]) -> list[Any]:
@@ -261,8 +297,8 @@ def execute_with_retries(info: RunInfo, stage_name: str, call: StageCall, backen
             result = execute(info, stage_name, call, attempt, backend)
             result["attempts"] = attempt
             return result
-        except StageFailed:
-            if attempt == first + attempts - 1:
+        except StageFailed as failed:
+            if attempt == first + attempts - 1 or not failed.retryable:
                 raise
     raise AssertionError("unreachable")
 

@@ -155,6 +155,11 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
                                   if not job.cache_dir.is_absolute() else job.cache_dir), sink=sink,
                    ledger_url=ledger_url, backends=registry_snapshot(), driver=driver_identity())
     check_resources(job)
+    from pipeline.finance.plan import preflight_prices
+
+    unpriced = preflight_prices(job)  # a billed item without a price stops the run before it starts
+    if unpriced:
+        raise UserError(unpriced)
     sub = Submitter(info)
     progress = Progress(quiet=quiet, title=f"{job.drama}/{job.episode}")
     results: dict[str, Any] = {}

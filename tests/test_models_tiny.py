@@ -236,7 +236,7 @@ def _profile(name: str) -> dict:
     return yaml.safe_load((Path(__file__).parents[1] / "configs" / "profiles" / f"{name}.yaml").read_text())
 
 
-@pytest.mark.parametrize("profile", ["tiny", "gpu-h100", "gpu-fast", "api"])
+@pytest.mark.parametrize("profile", ["tiny", "gpu-h100", "gpu-fast", "api", "hybrid"])
 def test_profiles_name_registered_backends(profile):
     from pipeline.job import load_profile
 

@@ -126,6 +126,15 @@ class OpenAIScript:
     def __repr__(self) -> str:
         return f"OpenAIScript({self.client!r})"
 
+    @staticmethod
+    def planned(options: dict, *, text: str, lang: str, **_: object) -> list[dict]:
+        """Planned tokens of one screenplay: the prompt (~1,500 tokens + the treatment) in, the screenplay
+        (about three times its dialogue, in tokens) out."""
+        from pipeline.finance.plan import tokens
+
+        spoken = tokens(text, lang)
+        return list(token_usage(options.get("model", ""), 1500 + spoken, 3 * spoken + 200))
+
     def write(self, *, logline: str, beats: list[str], language: str, seed: int) -> BackendResult:
         tokens = [0, 0]
 

@@ -63,6 +63,16 @@ class LLMApiTranslate:
     def __repr__(self) -> str:
         return f"LLMApiTranslate({self.client!r})"
 
+    @staticmethod
+    def planned(options: dict, *, text: str, lang: str, targets: list[str] = (), **_: object) -> list[dict]:
+        """Planned tokens: per target language the lines in (+ ~250 tokens of prompt) and about as many out."""
+        from pipeline.finance.plan import tokens
+
+        if not targets:
+            return []
+        n = tokens(text, lang)
+        return list(token_usage(options.get("model", ""), len(targets) * (250 + n), len(targets) * (n + 20)))
+
     def _ask(self, messages: list[dict[str, str]], tokens: list[int]) -> str:
         reply = self.client.chat(messages, temperature=self.temperature, max_tokens=self.max_tokens)
         tokens[0] += reply.input_tokens

@@ -56,12 +56,18 @@ def plan(job: Any, shots: int) -> dict[str, int]:
 
 def estimate(job: Any, shots: int, tracking_uri: str) -> dict[str, Any]:
     """Predicted cost per stage and in total (exact text; `total_cny` is None when no stage could be estimated);
-    stages with no history are listed as unknown, and `message` says in words what the total covers."""
+    stages with no history are priced from the table's planned AI-tool units where they have them, else listed
+    as unknown, and `message` says in words what the total covers."""
+    from pipeline.finance import plan as planned_units
+
     rates = learn_rates(tracking_uri, job.drama) or learn_rates(tracking_uri)
+    planned = planned_units.for_job(job)  # AI-tool units priced from the table: no history needed
     lines, known, unknown = [], [], []
     for stage, count in plan(job, shots).items():
         backend = backend_name(job, stage)
         rate = rates.get((stage, backend))
+        if rate is None and stage in planned["stages"]:
+            rate = StageRate(stage, backend, planned["stages"][stage] / max(1, count), 0)  # AI tools only, no compute
         if rate is None:
             unknown.append(stage)
             lines.append({"stage": stage, "backend": backend, "executions": count, "per_execution": None,
@@ -77,7 +83,8 @@ def estimate(job: Any, shots: int, tracking_uri: str) -> dict[str, Any]:
     return {"drama": job.drama, "episode": job.episode, "shots": shots, "stages": lines,
             "total_cny": None if total is None else str(total.quantize(Decimal("0.01"))),
             "total_exact": None if total is None else str(total), "unknown_stages": unknown,
-            "message": _message(total, [l for l in lines if l["stage"] in unknown])}
+            "message": _message(total, [l for l in lines if l["stage"] in unknown]),
+            "planned": planned_units.as_json(planned)}
 
 
 def _message(total: Decimal | None, unknown: list[dict[str, Any]]) -> str:
@@ -96,6 +103,12 @@ class BudgetGuard:
         self.job, self.run_id, self.ledger_url = job, run_id, ledger_url
         self.limit: Decimal = job.budget.max_cny
         self.rates = learn_rates(tracking_uri, job.drama) or learn_rates(tracking_uri)
+        from pipeline.finance.plan import for_job
+
+        try:
+            self.planned = for_job(job)["stages"]
+        except Exception:  # a job that cannot be planned before its script exists: history only
+            self.planned = {}
 
     def spent(self) -> Decimal:
         from pipeline.metering.ledger import Ledger
@@ -109,6 +122,8 @@ class BudgetGuard:
     def __call__(self, stage: str, executions: int) -> None:
         backend = backend_name(self.job, stage)
         rate = self.rates.get((stage, backend))
+        if rate is None and stage in self.planned:  # no history: the planned AI-tool cost of the stage
+            rate = StageRate(stage, backend, self.planned[stage] / max(1, executions), 0)
         upcoming = rate.per_execution * executions if rate else Decimal(0)
         spent = self.spent()
         if spent + upcoming > self.limit:

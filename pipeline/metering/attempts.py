@@ -23,7 +23,7 @@ from collections import defaultdict
 from typing import Any
 
 from pipeline.metering.meter import idempotency_key
-from pipeline.metering.usage import UsageRecord
+from pipeline.metering.usage import AIUsage, UsageRecord
 
 KIND = "attempt"
 _HOST = socket.gethostname()
@@ -102,8 +102,10 @@ def start_body(*, job: str, drama: str, episode: str, stage: str, shot: str | No
             "ray_attempt": number, **ids, "gpus": gpus, "cpus": cpus, "driver": driver}
 
 
-def closing_record(start: dict[str, Any], *, why: str, ended: dt.datetime, method: str) -> UsageRecord:
-    """The failed usage record of an attempt whose process died: wall time from its start to `ended`."""
+def closing_record(start: dict[str, Any], *, why: str, ended: dt.datetime, method: str,
+                   ai_usage: list[dict[str, Any]] | tuple = ()) -> UsageRecord:
+    """The failed usage record of an attempt whose process died: wall time from its start to `ended`, and
+    the provider usage of the tasks it saw end (metering/tasks.py), which no other record bills."""
     started = dt.datetime.fromisoformat(start["started"])
     wall = max(0.0, (ended - started).total_seconds())
     gpus, cpus = float(start.get("gpus") or 0.0), float(start.get("cpus") or 0.0)
@@ -115,6 +117,7 @@ def closing_record(start: dict[str, Any], *, why: str, ended: dt.datetime, metho
         gpu_s=round(gpus * wall, 6), gpu_energy_j=None,
         gpu_energy_reason="the attempt's process died before the energy counter could be read" if gpus else
         "no GPU allocated to this stage", peak_rss=0, cache_hit=False, idempotency_key=start["usage_key"],
+        ai_usage=tuple(AIUsage(**u) for u in ai_usage),
         meta={"closed_by": why, "wall_s_method": method, "cpu_s": "unknown: the process died before it was measured",
               "peak_rss": "unknown: the process died before it was measured", "pid": str(start.get("pid", "")),
               "ray_attempt": str(start.get("ray_attempt", ""))})
@@ -130,13 +133,17 @@ def open_attempts(ledger: Any, where: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def close(sink: Any, starts: list[dict[str, Any]], *, why: str, ended: dt.datetime | None = None,
-          method: str = "from the attempt's start entry to when its death was detected (an upper bound)") -> int:
-    """Append the closing record (+ cost lines) of each dead attempt; returns how many were closed."""
+          method: str = "from the attempt's start entry to when its death was detected (an upper bound)",
+          ledger: Any = None) -> int:
+    """Append the closing record (+ cost lines) of each dead attempt; returns how many were closed. With
+    the `ledger`, provider tasks the attempt saw end are billed on its closing record."""
     from pipeline.metering.sink import emit_record
+    from pipeline.metering.tasks import billed_by
 
     when = ended or _now()
     for start in starts:
-        emit_record(sink, None, closing_record(start, why=why, ended=when, method=method))
+        billed = billed_by(ledger, start["usage_key"]) if ledger is not None else []
+        emit_record(sink, None, closing_record(start, why=why, ended=when, method=method, ai_usage=billed))
     return len(starts)
 
 
@@ -147,7 +154,7 @@ def close_before_retry(ledger: Any, sink: Any, *, job: str, stage: str, shot: st
     starts = [e.body for e in ledger.entries(kind=KIND, where=where)]
     dead = open_attempts(ledger, where)
     number, _ = ray_attempt()
-    close(sink, dead, why=f"its worker died; Ray retried the task (Ray attempt {number})")
+    close(sink, dead, why=f"its worker died; Ray retried the task (Ray attempt {number})", ledger=ledger)
     return max((int(s["attempt"]) for s in starts), default=0)
 
 
@@ -164,10 +171,10 @@ def close_run(ledger: Any, sink: Any, run_id: str, *, why: str) -> int:
         began = dt.datetime.fromisoformat(s["started"])
         nxt = [t for t in later[(s["stage"], s.get("shot"))] if t > began]
         if nxt:
-            closed += close(sink, [s], why=why, ended=min(nxt),
+            closed += close(sink, [s], why=why, ended=min(nxt), ledger=ledger,
                             method="from the attempt's start entry to the start of the next attempt")
         else:
-            closed += close(sink, [s], why=why)
+            closed += close(sink, [s], why=why, ledger=ledger)
     return closed
 
 
@@ -186,6 +193,6 @@ def close_orphans(ledger: Any, sink: Any, *, drama: str, episode: str, current_r
         last_seen[run] = max(times)
     for s in dead:
         close(sink, [s], why=f"the driver of run {s['job']} died (closed by run {current_run})",
-              ended=max(last_seen[s["job"]], dt.datetime.fromisoformat(s["started"])),
+              ended=max(last_seen[s["job"]], dt.datetime.fromisoformat(s["started"])), ledger=ledger,
               method="from the attempt's start entry to its run's last ledger entry (a lower bound)")
     return len(dead)

@@ -38,6 +38,12 @@ class LedgerWriter:
     def checkpoint(self) -> Checkpoint:
         return self._ledger.checkpoint()
 
+    def reserve(self, body: Mapping[str, Any], key: str, limit: Any) -> dict[str, Any]:
+        """Check-and-append a budget reservation; atomic because this actor runs one call at a time."""
+        from pipeline.metering.tasks import reserve
+
+        return reserve(self._ledger, dict(body), key, limit)
+
     def size(self) -> int:
         return self._ledger.size()
 
