@@ -44,7 +44,7 @@ class ScriptStage:
             (run.workdir / "screenplay.fountain").write_text(text, encoding="utf-8")
             script = screenplay.parse(text, source="generated screenplay")
         else:
-            script = screenplay.load(source)
+            script = screenplay.load(source, language=self.job.primary_language, languages=self.job.languages)
         out = run.workdir / "script.json"
         out.write_text(script.model_dump_json(indent=1), encoding="utf-8")
         return {"script": str(out), "shots": [s.id for s in script.shots]}
@@ -64,7 +64,7 @@ def read_source(job: Job) -> Any:
     path = ScriptStage(job).screenplay_path()
     if is_writer(resolve("script", job.stages.script.backend)):
         return screenplay.load_treatment(path)
-    return screenplay.load(path)
+    return screenplay.load(path, language=job.primary_language, languages=job.languages)
 
 
 def load_script(outputs: dict[str, Any]) -> Script:
