@@ -71,8 +71,8 @@ def _add_unique(target: list[str], items: list[str]) -> None:
 class _Parser:
     """One pass over numbered lines building drafts; `build()` validates across the file into a Script."""
 
-    def __init__(self, max_shots: int, languages: Iterable[str] = ()):
-        self.max_shots = max_shots
+    def __init__(self, max_shots: int, languages: Iterable[str] = (), opening: bool = True):
+        self.max_shots, self.opening = max_shots, opening
         self.job_languages = frozenset(languages)
         self.scenes: list[_SceneDraft] = []
         self.declared: dict[str, Character] = {}
@@ -281,6 +281,8 @@ class _Parser:
     def _scene(self, no: int, what: str) -> _SceneDraft:
         """The current scene; before the first heading, an opening scene (a cold open, an epigraph, the
         action after FADE IN:) titled after the screenplay."""
+        if not self.scenes and not self.opening:
+            raise ScreenplayError(no, f"{what} before the first scene heading", hint=_HEADING_HINT)
         if not self.scenes:
             self.scenes.append(_SceneDraft(1, "", self.title or OPENING, "", False, [], no))
         return self.scenes[-1]
@@ -476,18 +478,20 @@ def _scene_model(s: _SceneDraft, lang: str, resolve: Callable[[str], str],
 # ---------------------------------------------------------------- public API
 
 def parse(text: str, *, source: str = "<screenplay>", language: str | None = None,
-          languages: Iterable[str] = (), max_bytes: int = MAX_BYTES, max_shots: int = MAX_SHOTS) -> Script:
+          languages: Iterable[str] = (), opening: bool = True, max_bytes: int = MAX_BYTES,
+          max_shots: int = MAX_SHOTS) -> Script:
     """Parse screenplay text into a Script; raise ScreenplayError (with source and line) when it does not parse.
 
     `language` is the dialogue language the job expects (used when the title page has no Language:, and
     checked against it and against the script the dialogue is written in); `languages` are all the job's
-    languages (a `[[xx: …]]` note in one of them is a translation).
+    languages (a `[[xx: …]]` note in one of them is a translation). `opening=False` refuses text before the
+    first scene heading instead of making it an opening shot (for a model's screenplay, which must have scenes).
     """
     try:
         if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
             raise ScreenplayError(0, f"screenplay is larger than the {max_bytes:,}-byte limit "
                                   f"({len(text):,} characters)", hint="one screenplay per episode")
-        parser = _Parser(max_shots, languages)
+        parser = _Parser(max_shots, languages, opening)
         parser.feed(fo.numbered_lines(text))
         return parser.build(language)
     except ScreenplayError as err:

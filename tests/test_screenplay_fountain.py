@@ -332,3 +332,9 @@ def test_a_feature_length_screenplay_parses_whole():
     headings, speeches = ours(script)
     want_headings, want_speeches = reference(text)
     assert len(headings) == len(want_headings) > 400 and speeches == want_speeches and len(speeches) > 1200
+
+
+def test_a_model_screenplay_must_open_with_a_heading():
+    with pytest.raises(ScreenplayError, match="before the first scene heading") as info:
+        parse("Hello.\n\nINT. A - DAY\nx\n", opening=False)
+    assert info.value.line == 1 and "INT." in info.value.hint
