@@ -79,6 +79,9 @@ def numbered_lines(text: str) -> Iterator[Numbered]:
 def _strip_boneyard(lines: Iterable[str]) -> Iterator[Numbered]:
     open_at = 0
     for no, raw in enumerate(lines, 1):
+        if not open_at and "/*" not in raw:
+            yield no, raw
+            continue
         kept, pos, touched = [], 0, bool(open_at)
         while pos <= len(raw):
             if open_at:
@@ -142,6 +145,8 @@ def _join_notes(lines: Iterator[Numbered]) -> Iterator[Numbered]:
 
 def split_notes(line: str) -> tuple[str, list[str]]:
     """Text of a line without its `[[notes]]`, and the note bodies in order."""
+    if "[[" not in line:
+        return line, []
     text, notes, pos = [], [], 0
     while True:
         start = line.find("[[", pos)
@@ -198,8 +203,11 @@ def join_text(parts: list[str]) -> str:
 
 def clean_inline(text: str) -> str:
     """Drop Fountain emphasis markers (*italic*, **bold**, _underline_) and unescape \\* and \\_."""
-    text = text.replace("\\*", "\x00").replace("*", "").replace("\x00", "*")
-    return " ".join(_UNDERLINE.sub("", text).replace("\\_", "_").split())
+    if "*" in text:
+        text = text.replace("\\*", "\x00").replace("*", "").replace("\x00", "*")
+    if "_" in text:
+        text = _UNDERLINE.sub("", text).replace("\\_", "_")
+    return " ".join(text.split())
 
 
 def parenthetical(text: str) -> str | None:
