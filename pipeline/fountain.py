@@ -1,6 +1,7 @@
 """Fountain lexing for the screenplay parser: numbered clean lines, notes, headings, cues and title page."""
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import re
@@ -143,17 +144,22 @@ def _join_notes(lines: Iterator[Numbered]) -> Iterator[Numbered]:
         yield no, " ".join(p for p in parts if p) if len(parts) > 1 else line
 
 
-def split_notes(line: str) -> tuple[str, list[str]]:
+def split_notes(line: str) -> tuple[str, tuple[str, ...]]:
     """Text of a line without its `[[notes]]`, and the note bodies in order."""
     if "[[" not in line:
-        return line, []
+        return line, ()
+    return _split_notes(line)
+
+
+@functools.lru_cache(maxsize=256)  # the parser looks at a line a few times in a row
+def _split_notes(line: str) -> tuple[str, tuple[str, ...]]:
     text, notes, pos = [], [], 0
     while True:
         start = line.find("[[", pos)
         end = line.find("]]", start + 2) if start >= 0 else -1
         if end < 0:
             text.append(line[pos:])
-            return "".join(text), notes
+            return "".join(text), tuple(notes)
         text.append(line[pos:start])
         notes.append(line[start + 2:end])
         pos = end + 2

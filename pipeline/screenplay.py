@@ -140,7 +140,7 @@ class _Parser:
 
     # ------------------------------------------------------------ elements
 
-    def _heading(self, no: int, label: str, h: tuple[str, bool], notes: list[str]) -> None:
+    def _heading(self, no: int, label: str, h: tuple[str, bool], notes: Iterable[str]) -> None:
         self._close_scene()
         rest, interior = h
         location, time_of_day, tags = fo.heading_parts(rest)
@@ -409,7 +409,7 @@ def _blocks(lines: Iterable[Numbered]) -> Iterator[list[Numbered]]:
     for no, raw in lines:
         s = raw.strip()
         if not s and not (block and fo.is_kept_blank(raw)) or fo.page_break(s):
-            text, notes = "", []
+            text, notes = "", ()
         elif fo.section_or_synopsis(s) and (not block or fo.heading(fo.split_notes(block[-1][1])[0])):
             if block:
                 yield block
