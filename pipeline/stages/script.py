@@ -11,7 +11,7 @@ from pipeline.job import Job
 from pipeline.script import Script
 from pipeline.stages import StageCall, StageRun, report_all
 
-VERSION = 1
+VERSION = 2  # 2: Fountain 1.1 in full (opening and establishing shots, two-space lines, …)
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,13 @@ class ScriptStage:
         return (self.job.job_dir / self.job.screenplay).resolve()
 
     def cache_key_parts(self, call: StageCall) -> list[Any]:
+        from pipeline.fountain import WORD_CODES
+
         s = self.job.stages.script
         text = self.screenplay_path().read_text(encoding="utf-8")
-        return [self.name, VERSION, s.backend, s.options, text, self.job.languages[0], self.job.seed]
+        parts = [self.name, VERSION, s.backend, s.options, text, self.job.languages[0], self.job.seed]
+        word_codes = sorted(set(self.job.languages) & WORD_CODES)  # they decide whether [[it: …]] translates
+        return parts + [word_codes] if word_codes else parts
 
     def run(self, call: StageCall, run: StageRun) -> dict[str, Any]:
         from pipeline import screenplay
