@@ -422,8 +422,8 @@ def title_page(lines: list[Numbered]) -> tuple[dict[str, tuple[int, list[Numbere
     i = 0
     while i < len(lines) and not lines[i][1].strip():
         i += 1
-    if i == len(lines) or heading(lines[i][1]) or not _TITLE_KEY.match(lines[i][1]):
-        return {}, 0
+    if i == len(lines) or heading(lines[i][1]) or transition(lines[i][1]) or not _TITLE_KEY.match(lines[i][1]):
+        return {}, 0  # `FADE IN:` looks like a key but opens the body
     entries: dict[str, tuple[int, list[Numbered]]] = {}
     values: list[Numbered] = []
     while i < len(lines) and lines[i][1].strip() and not heading(lines[i][1]):

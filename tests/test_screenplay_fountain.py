@@ -136,6 +136,8 @@ def test_text_before_the_first_heading_is_an_opening_shot():
     assert opening.shots[0].lines[0].text == {"en": "Before the titles."}
     assert room.shots[0].id == "s02-sh01" and room.shots[0].action == "A room."
     assert sp("Just some action.\n").scenes[0].location == "OPENING"
+    fade_in = sp("FADE IN:\nA dark room.\n\nINT. HOUSE - DAY\nx\n")  # `FADE IN:` is no title-page key
+    assert [sc.shots[0].action for sc in fade_in.scenes] == ["A dark room.", "x"] and fade_in.title == ""
 
 
 def test_an_empty_heading_is_an_establishing_shot():
