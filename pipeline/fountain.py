@@ -34,7 +34,8 @@ _HEADING = re.compile(
     r"|(?P<cjk>内外景|内/外景|外/内景|内景|外景)(?:[.。:：、]|\s))\s*", re.IGNORECASE)
 _SCENE_NUMBER = re.compile(r"\s#[\w.-]+#\s*$")
 _TAG = re.compile(r"(?:^|(?<=\s))#([\w-]+)(?=\s|$)")
-_TIME_SPLIT = re.compile(r"\s+[-–—]+\s+|\s*－\s*|\s*——\s*|(?<=[\u3040-\u9fff\uac00-\ud7af])[-–—](?=[\u3040-\u9fff\uac00-\ud7af])")
+_WIDE_CLASS = "\u3040-\u9fff\uac00-\ud7af"  # kana, Chinese characters, Hangul
+_TIME_SPLIT = re.compile(rf"\s+[-–—]+\s+|\s*－\s*|\s*——\s*|(?<=[{_WIDE_CLASS}])[-–—](?=[{_WIDE_CLASS}])")
 _EXTENSION = re.compile(r"\s*[(（][^()（）]*[)）]\s*$")
 _PAREN = re.compile(r"^[(（](.*)[)）]$", re.S)
 _TITLE_KEY = re.compile(r"^([A-Za-z][A-Za-z ]{0,30})[:：](.*)$")

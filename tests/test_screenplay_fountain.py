@@ -61,7 +61,8 @@ def ours(script: Script) -> tuple[list[str], list[tuple[str, str]]]:
 
 # ---------------------------------------------------------------- real files against screenplain
 
-@pytest.mark.parametrize("path", [p for p in REAL if p.name not in NOTHING_TO_FILM | CJK_HEADINGS], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in REAL if p.name not in NOTHING_TO_FILM | CJK_HEADINGS],
+                         ids=lambda p: p.name)
 def test_real_files_match_the_reference_parser(path: Path) -> None:
     text = path.read_text(encoding="utf-8-sig")
     script = load(path)
@@ -92,7 +93,8 @@ def test_a_file_with_nothing_to_film_is_refused_with_the_fix() -> None:
 def test_chinese_and_japanese_fixtures_read_int_full_stop_and_cues_without_at() -> None:
     sc, jp = load(FILES / "afterwriting-sc.fountain"), load(FILES / "afterwriting-jp.fountain")
     assert (sc.title, sc.language, jp.title, jp.language) == ("电影", "zh", "映画", "ja")
-    assert [(s.heading, s.location, s.time_of_day, s.interior) for s in sc.scenes] == [("INT。 医院-天", "医院", "天", True)]
+    assert [(s.heading, s.location, s.time_of_day, s.interior) for s in sc.scenes] == [
+        ("INT。 医院-天", "医院", "天", True)]
     assert [(s.location, s.time_of_day) for s in jp.scenes] == [("病院", "日")]
     line = sc.shots[0].lines[0]
     assert (line.speaker, line.parenthetical, line.text) == ("约翰", "丢失", {"zh": "这是什么地方？"})
@@ -164,7 +166,8 @@ def test_two_space_lines_keep_dialogue_and_notes_going():
 
 
 def test_an_unclosed_note_before_a_blank_line_is_plain_text():
-    shot = sp("INT. A - DAY\nThis is not [[\na proper note\n\nbecause ]] of the blank.\n\nBOB\nHi. [[fr: Salut.]]\n").shots[0]
+    shot = sp("INT. A - DAY\nThis is not [[\na proper note\n\nbecause ]] of the blank.\n\n"
+              "BOB\nHi. [[fr: Salut.]]\n").shots[0]
     assert shot.action == "This is not [[ a proper note\nbecause ]] of the blank."
     assert shot.lines[0].text == {"en": "Hi.", "fr": "Salut."}  # the notes after it are read again
 
