@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import functools
 import io
-import itertools
 import re
 from collections.abc import Iterable, Iterator
 
-from pipeline import writing_systems
 from pipeline.errors import UserError
 from pipeline.script import CAMERA_MOVES, FRAMINGS, Character
 
@@ -327,12 +325,6 @@ def spoken(text: str) -> str:
     """A dialogue line as spoken: a sung `~lyric` loses its marker, emphasis is dropped."""
     s = text.strip()
     return clean_inline(s[1:] if s.startswith("~") else s)
-
-
-def detect_language(texts: Iterable[str]) -> str:
-    """Guess the dialogue language from its Unicode script (pipeline/writing_systems.py): Hangul → ko, kana → ja,
-    Chinese characters → zh, Cyrillic → ru, Telugu → te, …; Latin → en."""
-    return writing_systems.language_of(writing_systems.letter_counts(itertools.islice(texts, 2000)))
 
 
 def paren_emotion(paren: str | None) -> str | None:
