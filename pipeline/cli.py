@@ -48,7 +48,7 @@ def validate(args: list[str] = typer.Argument(..., metavar="JOB... [KEY=VALUE...
     if not jobs:
         _fail(UserError("validate: no job file given (usage: microdrama validate JOB.yaml [JOB.yaml...] "
                         "[KEY=VALUE...])"), 2)
-    failed, seen = False, {}
+    code, seen = 0, {}
     for path in jobs:
         try:
             j, summary = _validate_one(path, overrides)
@@ -58,10 +58,10 @@ def validate(args: list[str] = typer.Argument(..., metavar="JOB... [KEY=VALUE...
             seen[j.drama, j.episode] = path
             typer.echo(summary)
         except UserError as exc:  # a ScreenplayError is a UserError
-            failed = True
+            code = max(code, exc.exit_code)
             _report(exc, prefix=f"{path}: " if len(jobs) > 1 else "")
-    if failed:
-        raise typer.Exit(2)
+    if code:
+        raise typer.Exit(code)
 
 
 def _report(exc: BaseException, prefix: str) -> None:
