@@ -48,7 +48,7 @@ day night morning evening afternoon noon midnight dawn dusk sunrise sunset twili
 낮 밤 아침 저녁 день ночь утро вечер
 """.split())
 # ISO 639-1 codes that are also common English words: a `[[so: …]]` note is a translation only when the
-# screenplay's Languages: or the job's languages name the code
+# screenplay's Language: or Languages: names the code
 WORD_CODES = frozenset("am an as be he hi id is it me my na ne no or so to us".split()) & ISO_639_1
 _UNDERLINE = re.compile(r"(?<![\w\\])_|(?<!\\)_(?!\w)")
 MAX_CJK_CUE = 8
@@ -167,7 +167,7 @@ def _split_notes(line: str) -> tuple[str, tuple[str, ...]]:
 def note_kind(body: str, languages: frozenset[str] = frozenset()) -> tuple[str, str, str]:
     """(kind, key, value) of a note: shot, tags, emotion, char, lang (a translation) or other. A key that is a
     language code is a translation; one that is also an English word (`so`, `it`, `no`) only when `languages`
-    (the screenplay's and the job's) names it."""
+    (the title page's Language: and Languages:) names it."""
     m = _NOTE_KEY.match(body)
     if not m:
         return "other", "", body.strip()

@@ -71,9 +71,8 @@ def _add_unique(target: list[str], items: list[str]) -> None:
 class _Parser:
     """One pass over numbered lines building drafts; `build()` validates across the file into a Script."""
 
-    def __init__(self, max_shots: int, languages: Iterable[str] = (), opening: bool = True):
+    def __init__(self, max_shots: int, opening: bool = True):
         self.max_shots, self.opening = max_shots, opening
-        self.job_languages = frozenset(languages)
         self.scenes: list[_SceneDraft] = []
         self.declared: dict[str, Character] = {}
         self.known: dict[str, str] = {}  # casefolded name (any language) -> character name
@@ -203,9 +202,8 @@ class _Parser:
     # ------------------------------------------------------------ notes
 
     def note_languages(self) -> frozenset[str]:
-        """Codes a `[[xx: …]]` note may translate into for sure: the job's, Language: and Languages:."""
-        declared = [self.language[0]] if self.language else []
-        return self.job_languages.union(declared, self.languages[0] if self.languages else [])
+        """Codes a `[[xx: …]]` note surely translates into: the title page's Language: and Languages:."""
+        return frozenset(([self.language[0]] if self.language else []) + (self.languages[0] if self.languages else []))
 
     def _note(self, body: str, no: int, draft: _LineDraft | None = None, inline: bool = False) -> None:
         kind, key, value = fo.note_kind(body, self.note_languages())
@@ -478,28 +476,27 @@ def _scene_model(s: _SceneDraft, lang: str, resolve: Callable[[str], str],
 # ---------------------------------------------------------------- public API
 
 def parse(text: str, *, source: str = "<screenplay>", language: str | None = None,
-          languages: Iterable[str] = (), opening: bool = True, max_bytes: int = MAX_BYTES,
-          max_shots: int = MAX_SHOTS) -> Script:
+          opening: bool = True, max_bytes: int = MAX_BYTES, max_shots: int = MAX_SHOTS) -> Script:
     """Parse screenplay text into a Script; raise ScreenplayError (with source and line) when it does not parse.
 
     `language` is the dialogue language the job expects (used when the title page has no Language:, and
-    checked against it and against the script the dialogue is written in); `languages` are all the job's
-    languages (a `[[xx: …]]` note in one of them is a translation). `opening=False` refuses text before the
-    first scene heading instead of making it an opening shot (for a model's screenplay, which must have scenes).
+    checked against it and against the script the dialogue is written in). `opening=False` refuses text
+    before the first scene heading instead of making it an opening shot (for a model's screenplay, which must
+    have scenes).
     """
     try:
         if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
             raise ScreenplayError(0, f"screenplay is larger than the {max_bytes:,}-byte limit "
                                   f"({len(text):,} characters)", hint="one screenplay per episode")
-        parser = _Parser(max_shots, languages, opening)
+        parser = _Parser(max_shots, opening)
         parser.feed(fo.numbered_lines(text))
         return parser.build(language)
     except ScreenplayError as err:
         raise err.with_source(source) from None
 
 
-def load(path: str | Path, *, language: str | None = None, languages: Iterable[str] = (),
-         max_bytes: int = MAX_BYTES, max_shots: int = MAX_SHOTS) -> Script:
+def load(path: str | Path, *, language: str | None = None, max_bytes: int = MAX_BYTES,
+         max_shots: int = MAX_SHOTS) -> Script:
     """Read a UTF-8 screenplay file (size checked before reading) and parse it."""
     source = str(path)
     try:
@@ -516,8 +513,7 @@ def load(path: str | Path, *, language: str | None = None, languages: Iterable[s
     except UnicodeDecodeError as err:
         raise ScreenplayError(data[:err.start].count(b"\n") + 1, "not UTF-8 text", source,
                               hint="save the screenplay as UTF-8") from None
-    return parse(text, source=source, language=language, languages=languages, max_bytes=max_bytes,
-                 max_shots=max_shots)
+    return parse(text, source=source, language=language, max_bytes=max_bytes, max_shots=max_shots)
 
 
 # ---------------------------------------------------------------- treatments (what an LLM screenwriter expands)

@@ -25,13 +25,9 @@ class ScriptStage:
         return (self.job.job_dir / self.job.screenplay).resolve()
 
     def cache_key_parts(self, call: StageCall) -> list[Any]:
-        from pipeline.fountain import WORD_CODES
-
         s = self.job.stages.script
         text = self.screenplay_path().read_text(encoding="utf-8")
-        parts = [self.name, VERSION, s.backend, s.options, text, self.job.languages[0], self.job.seed]
-        word_codes = sorted(set(self.job.languages) & WORD_CODES)  # they decide whether [[it: …]] translates
-        return parts + [word_codes] if word_codes else parts
+        return [self.name, VERSION, s.backend, s.options, text, self.job.languages[0], self.job.seed]
 
     def run(self, call: StageCall, run: StageRun) -> dict[str, Any]:
         from pipeline import screenplay
@@ -48,7 +44,7 @@ class ScriptStage:
             (run.workdir / "screenplay.fountain").write_text(text, encoding="utf-8")
             script = screenplay.parse(text, source="generated screenplay")
         else:
-            script = screenplay.load(source, language=self.job.primary_language, languages=self.job.languages)
+            script = screenplay.load(source, language=self.job.primary_language)
         out = run.workdir / "script.json"
         out.write_text(script.model_dump_json(indent=1), encoding="utf-8")
         return {"script": str(out), "shots": [s.id for s in script.shots]}
@@ -68,7 +64,7 @@ def read_source(job: Job) -> Any:
     path = ScriptStage(job).screenplay_path()
     if is_writer(resolve("script", job.stages.script.backend)):
         return screenplay.load_treatment(path)
-    return screenplay.load(path, language=job.primary_language, languages=job.languages)
+    return screenplay.load(path, language=job.primary_language)
 
 
 def load_script(outputs: dict[str, Any]) -> Script:
