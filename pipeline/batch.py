@@ -33,12 +33,13 @@ def load_jobs(paths: list[Path], overrides: list[str]) -> list[Job]:
     """Load and check every job (schema, profile, screenplay); raises one UserError naming every problem."""
     from pipeline import screenplay
     from pipeline.job import load_job
+    from pipeline.stages.script import read_source
 
     loaded, problems = [], []
     for path in paths:
         try:
             job = load_job(path, overrides)
-            screenplay.load((job.job_dir / job.screenplay).resolve())
+            read_source(job)  # the screenplay (or treatment) parses and supplies the job's languages
             loaded.append((path, job))
         except (UserError, screenplay.ScreenplayError) as exc:
             problems.extend(f"{path}: {line}" for line in str(exc).splitlines())

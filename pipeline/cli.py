@@ -103,11 +103,14 @@ def run(job: Path = typer.Argument(..., help="Episode job YAML"),
     try:
         j = load_job(job, overrides or [])
         read_source(j)
+        check_services(j, address, tracking_uri, ledger)
         if address is None and not os.environ.get("RAY_ADDRESS"):  # this machine is the worker: check it now
             problems = preflight(j)
             if problems:
                 raise UserError(problems)
-    except (UserError, screenplay.ScreenplayError) as exc:
+    except UserError as exc:
+        _fail(exc, exc.exit_code)
+    except screenplay.ScreenplayError as exc:
         _fail(exc, 2)
     try:
         manifest = run_job(j, quiet=quiet, address=address, tracking_uri=tracking_uri, ledger_url=ledger)
@@ -124,6 +127,21 @@ def run(job: Path = typer.Argument(..., help="Episode job YAML"),
         cached = manifest["cache"]
         err.print(f"[green]done[/] {out}  {manifest['duration_s']:.2f}s, {len(manifest['shots'])} shots, "
                   f"cache {cached['hits']}/{cached['executions']}")
+
+
+def check_services(job, address: str | None, tracking_uri: str | None, ledger: str | None) -> None:
+    """Before any work: the ledger (its file, or its server within a short timeout), the Ray address, and
+    the MLflow URI's shape (an unreachable MLflow server only queues the run's logging, see `mlflow flush`;
+    with a budget its history is needed, so then it must answer too)."""
+    from pipeline import services
+    from pipeline.episode import resolve_ledger_url, tracking_uri_of
+
+    services.check_ledger_url(resolve_ledger_url(ledger), "--ledger")
+    services.check_tracking_uri(tracking_uri_of(tracking_uri), "--tracking-uri",
+                                answer=job.budget.max_cny is not None)
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        services.check_ray_address(target, "--address", schemes=("ray", ""))
 
 
 def _mount() -> None:

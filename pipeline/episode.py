@@ -52,11 +52,29 @@ def ledger_writer_name(url: str) -> str:
 def run_job(job: Job, *, quiet: bool = False, address: str | None = None, tracking_uri: str | None = None,
             ledger_url: str | None = None, run_id: str | None = None) -> dict[str, Any]:
     """Run, checkpoint, publish, log; returns the manifest. Safe to call from several threads at once."""
+    url = resolve_ledger_url(ledger_url)
+    check_ledger(url)
     ensure_ray(address)
     guard_secrets(job)
-    url = resolve_ledger_url(ledger_url)
     with shared_writer(url) as writer:
         return _run(job, writer, url, quiet=quiet, address=address, tracking_uri=tracking_uri, run_id=run_id)
+
+
+def check_ledger(url: str) -> None:
+    """Open the ledger here, once, before any writer or work: a bad URL or corrupt file is a UserError (exit
+    2), a database server that does not answer is `Unreachable` (exit 4)."""
+    from pipeline.errors import UserError
+    from pipeline.metering.ledger import Ledger
+    from pipeline.metering.ledger_store import StoreUnreachable
+    from pipeline.services import Unreachable, check_ledger_url
+
+    check_ledger_url(url, "--ledger")
+    try:
+        Ledger.open(url).close()
+    except StoreUnreachable as exc:
+        raise Unreachable(f"--ledger: {exc}") from None
+    except (ValueError, ImportError, OSError) as exc:
+        raise UserError(f"--ledger {_public_url(url)}: {exc}") from None
 
 
 @dataclass

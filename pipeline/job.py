@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pipeline import safe_io
 from pipeline.errors import JobError
+from pipeline.money import bounded
 from pipeline.secrets import literal_secret_problems
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -21,10 +24,22 @@ LANGS = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 MAX_JOB_BYTES = 256 * 1024  # a job or profile file; real ones are < 2 KB
 MAX_JOB_VALUES = 20_000  # values in a job after YAML aliases are expanded (an alias bomb stops here)
 MAX_JOB_DEPTH = 32
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")  # `ffmpeg -h encoder=libx264`: the edit stage encodes with libx264
+AUDIO_BITRATE = re.compile(r"[1-9][0-9]{1,2}k")  # AAC kbit/s, e.g. 160k; checked to 32k..512k below
+
+
+def _plain_text(v: str) -> str:
+    """Text that reaches ffmpeg (drawtext, metadata, subtitles): no NUL or other control characters."""
+    bad = sorted({f"U+{ord(c):04X}" for c in v if unicodedata.category(c) == "Cc"})
+    if bad:
+        raise ValueError(f"must not contain control characters ({', '.join(bad[:4])}: a newline, tab or NUL); "
+                         "write it on one line")
+    return v
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class BackendSettings(_Frozen):
@@ -33,8 +48,8 @@ class BackendSettings(_Frozen):
     backend: str
     options: dict[str, Any] = Field(default_factory=dict)
     actors: int = Field(1, ge=1, le=64)
-    num_gpus: float = Field(0, ge=0)
-    num_cpus: float = Field(1, ge=0)
+    num_gpus: float = Field(0, ge=0, le=64)
+    num_cpus: float = Field(1, ge=0, le=1024)
     max_retries: int = Field(2, ge=0, le=10)
     # Ray custom resources the stage's tasks and actors ask for, e.g. {render: 1} to run only on nodes
     # started with `ray start --resources='{"render": 2}'` (a render farm, nodes with local weights).
@@ -96,11 +111,32 @@ class EditSettings(_Frozen):
     preset: str = "veryfast"
     loudness_lufs: float = Field(-14.0, ge=-40, le=-5)
     true_peak_db: float = Field(-1.5, ge=-9, le=0)
-    label_text: str = "AI生成"
-    label_seconds: float = Field(3.0, ge=2.0)
+    label_text: str = Field("AI生成", min_length=1, max_length=40)  # the visible AI label (GB 45438-2025)
+    label_seconds: float = Field(3.0, ge=2.0, le=3600)
     burn_subtitles: bool = True
-    font: str = "Noto Sans CJK SC"
+    font: str = Field("Noto Sans CJK SC", min_length=1, max_length=100)
     audio_bitrate: str = "160k"
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, v: str) -> str:
+        if v not in X264_PRESETS:
+            raise ValueError(f"not an x264 preset; choose one of: {', '.join(X264_PRESETS)}")
+        return v
+
+    @field_validator("audio_bitrate")
+    @classmethod
+    def _bitrate(cls, v: str) -> str:
+        if not AUDIO_BITRATE.fullmatch(v) or not 32 <= int(v[:-1]) <= 512:
+            raise ValueError("an AAC bitrate in kbit/s between 32k and 512k, e.g. 160k")
+        return v
+
+    @field_validator("label_text", "font")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank: the visible AI label is required (GB 45438-2025)")
+        return _plain_text(v)
 
 
 class Stages(_Frozen):
@@ -132,6 +168,8 @@ class Budget(_Frozen):
             raise ValueError(f"not a decimal amount: {v!r}") from exc
         if amount is not None and (not amount.is_finite() or amount < 0):
             raise ValueError("must be a finite amount >= 0, e.g. \"50.00\"")
+        if amount is not None:
+            amount = bounded(amount, "max_cny")  # the documented input range of money (pipeline/money.py)
         return amount
 
 
@@ -158,10 +196,15 @@ class Job(_Frozen):
     stages: Stages = Stages()
     job_dir: Path = Path(".")  # folder of the job file; relative paths resolve against it
 
+    @field_validator("title", "company")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        return _plain_text(v)
+
     @field_validator("drama", "episode")
     @classmethod
     def _slug(cls, v: str) -> str:
-        if not SLUG.match(v):
+        if not SLUG.fullmatch(v):  # match() would let "tiny-run\n" through ($ matches before a final newline)
             raise ValueError(f"{v!r} must be a slug: lowercase letters, digits, '-', '_' or '.'")
         return v
 
@@ -175,7 +218,7 @@ class Job(_Frozen):
     @field_validator("languages")
     @classmethod
     def _langs(cls, v: list[str]) -> list[str]:
-        bad = [x for x in v if not LANGS.match(x)]
+        bad = [x for x in v if not LANGS.fullmatch(x)]
         if bad:
             raise ValueError(f"not language codes: {bad}; use e.g. [zh, en]")
         if len(set(v)) != len(v):
@@ -196,23 +239,12 @@ class Job(_Frozen):
 
 
 def _read_yaml(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise JobError(f"{what}: file not found: {path}")
-    if path.stat().st_size > MAX_JOB_BYTES:
-        raise JobError(f"{path}: {path.stat().st_size:,} bytes is more than a {what} file can be "
-                       f"({MAX_JOB_BYTES:,}); keep the screenplay in its own file")
+    """A job or profile file through the one bounded reader (regular file, size, UTF-8, duplicate keys,
+    dates as text, nesting); every problem is a JobError naming the file."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise JobError(f"{path}:{where}: malformed YAML: {getattr(exc, 'problem', exc)}") from None
-    except UnicodeDecodeError:
-        raise JobError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise JobError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except RecursionError:
-        raise JobError(f"{path}: nested too deeply") from None
+        data = safe_io.load_yaml(path, what, max_bytes=MAX_JOB_BYTES, max_values=MAX_JOB_VALUES)
+    except safe_io.InputError as exc:
+        raise JobError(str(exc)) from None
     if not isinstance(data, dict):
         raise JobError(f"{path}: expected a mapping of job fields at the top level")
     _check_bounded(data, path)
@@ -251,9 +283,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise JobError(f"override {item!r}: {part} is not a section")
             node = child
-        try:
-            node[parts[-1]] = yaml.safe_load(raw)
-        except yaml.YAMLError:
+        try:  # the value as YAML, through the bounded loader (dates stay text, no 5,000-digit numbers)
+            node[parts[-1]] = yaml.load(raw, Loader=safe_io.BoundedLoader)  # noqa: S506 - a SafeLoader
+        except (yaml.constructor.ConstructorError, yaml.composer.ComposerError) as exc:
+            raise JobError(f"override {_short(item, 60)}: {exc.problem}") from None
+        except yaml.YAMLError:  # not YAML at all: the text itself
             node[parts[-1]] = raw
     return out
 
@@ -265,7 +299,7 @@ def load_profile(name: str, job_dir: Path | None = None) -> Profile:
         path, err = resolve_in(base, Path(name), "profile")
         if err:
             raise JobError(err)
-    elif SLUG.match(name):
+    elif SLUG.fullmatch(name):
         path = CONFIGS / "profiles" / f"{name}.yaml"
     else:
         raise JobError(f"profile: {name!r} is neither a profile name nor a .yaml file beside the job")
@@ -331,7 +365,10 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> Job:
 
 def resolve_in(base: Path, rel: Path, field: str) -> tuple[Path | None, str | None]:
     """Resolve a job path against its folder, refusing paths that escape it."""
-    full = (base / rel).resolve()
+    try:
+        full = (base / rel).resolve()
+    except (OSError, RuntimeError):  # a symlink loop (RuntimeError before Python 3.13), a name too long
+        return None, f"{field}: {rel} is a symlink loop or cannot be resolved; point it at a real file"
     if base.resolve() not in (full, *full.parents):
         return None, f"{field}: {rel} is outside the job's folder {base}; keep inputs beside the job file"
     return full, None
@@ -381,7 +418,8 @@ def validate(job: Job) -> list[str]:
     if err:
         problems.append(err)
     elif not _is_file(screenplay):
-        problems.append(f"screenplay: file not found: {screenplay}")
+        problems.append(f"screenplay: {screenplay} is not a regular file (a FIFO, device or folder); give a "
+                        "text file" if os.path.lexists(screenplay) else f"screenplay: file not found: {screenplay}")
     problems += _folder_problems(job)
     for section, settings in job.stages.backends().items():
         problems += literal_secret_problems(settings.options, f"stages.{section}.options")

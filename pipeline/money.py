@@ -7,6 +7,11 @@ from decimal import ROUND_HALF_UP, Decimal, Inexact, InvalidOperation, localcont
 FEN = Decimal("0.01")
 ZERO = Decimal(0)
 FLOAT_EXACT_DIGITS = 15  # any decimal with at most 15 significant digits survives a trip through a double
+# The range of an amount a person may give (scenarios, facts, policies, budgets): |x| <= 10^15 CNY (a thousand
+# trillion yuan) with at most 100 decimal places. Beyond it no input is meaningful, and the default 28-digit
+# context could no longer round it to the fen (a traceback instead of a message).
+MAX_AMOUNT = Decimal(10) ** 15
+MAX_PLACES = 100
 
 
 def D(value: Decimal | int | str | float, *, measured: bool = False) -> Decimal:
@@ -32,6 +37,23 @@ def D(value: Decimal | int | str | float, *, measured: bool = False) -> Decimal:
     if not result.is_finite():
         raise ValueError(f"a finite number is needed, got {value!r}")
     return result
+
+
+def bounded(value: Decimal | int | str | float, what: str = "an amount") -> Decimal:
+    """`D(value)` checked against the documented input range (MAX_AMOUNT, MAX_PLACES); ValueError beyond it."""
+    if isinstance(value, str) and len(value) > 200:
+        raise ValueError(f"{what} of {len(value):,} characters is not a number anyone means")
+    result = D(value)
+    if result.copy_abs() > MAX_AMOUNT:  # copy_abs: no context, so 1e999999999 cannot overflow here
+        raise ValueError(f"{what} must be at most 10^15 (1,000,000,000,000,000) in size, got {_brief(result)}")
+    if result and -result.as_tuple().exponent > MAX_PLACES:
+        raise ValueError(f"{what} has more than {MAX_PLACES} decimal places, got {_brief(result)}")
+    return result
+
+
+def _brief(value: Decimal) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:20]}…"
 
 
 def _from_text(text: str) -> Decimal:

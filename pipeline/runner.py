@@ -43,19 +43,36 @@ def check_resources(job: Job) -> None:
     """Refuse, before any work, a stage that asks for a custom resource no live node of the cluster has:
     Ray would keep it pending for ever. (A KubeRay autoscaler that adds such nodes on demand needs a
     minimum of one in the worker group.)"""
-    have: set[str] = set()
-    for node in ray.nodes():
-        if node.get("Alive"):
-            have |= {k for k, v in node.get("Resources", {}).items() if v > 0}
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    have = {k for res in nodes for k, v in res.items() if v > 0}
     problems = []
     for section, settings in job.stages.backends().items():
-        for name in settings.resources:
-            if name not in have:
-                problems.append(f"stages.{section}.resources.{name}: no live node of this Ray cluster has the "
-                                f"resource {name!r}; start one with `ray start --resources='{{\"{name}\": 1}}'` "
-                                "or remove it from the job")
+        missing = [name for name in settings.resources if name not in have]
+        for name in missing:
+            problems.append(f"stages.{section}.resources.{name}: no live node of this Ray cluster has the "
+                            f"resource {name!r}; start one with `ray start --resources='{{\"{name}\": 1}}'` "
+                            "or remove it from the job")
+        if not missing:
+            problems += _fit_problems(section, settings, nodes)
     if problems:
         raise UserError(problems)
+
+
+def _fit_problems(section: str, settings: Any, nodes: list[dict[str, float]]) -> list[str]:
+    """A stage's whole ask (GPUs, CPUs, custom resources) must fit on one live node, or Ray waits for ever."""
+    ask = {"GPU": float(settings.num_gpus), "CPU": float(settings.num_cpus), **settings.resources}
+    ask = {k: v for k, v in ask.items() if v > 0}
+    if any(all(res.get(k, 0) >= v for k, v in ask.items()) for res in nodes):
+        return []
+    most_gpus = max((res.get("GPU", 0) for res in nodes), default=0)
+    most_cpus = max((res.get("CPU", 0) for res in nodes), default=0)
+    if ask.get("GPU", 0) > most_gpus:
+        return [f"stages.{section}.num_gpus: {settings.num_gpus:g} GPU(s) asked, but no live node of this Ray "
+                f"cluster has more than {most_gpus:g}; lower num_gpus (0 runs on CPU) or add a GPU node"]
+    if ask.get("CPU", 0) > most_cpus:
+        return [f"stages.{section}.num_cpus: {settings.num_cpus:g} CPU(s) asked, but no live node of this Ray "
+                f"cluster has more than {most_cpus:g}; lower num_cpus"]
+    return [f"stages.{section}: no single live node has all of {ask}; lower num_gpus/num_cpus/resources"]
 
 
 @dataclass

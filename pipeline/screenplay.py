@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import fountain as fo
+from pipeline import fountain as fo, safe_io
 from pipeline import writing_systems as ws
 from pipeline.fountain import Numbered, ScreenplayError
 from pipeline.script import Character, Line, Scene, Script, Shot
@@ -500,13 +500,12 @@ def load(path: str | Path, *, language: str | None = None, max_bytes: int = MAX_
     """Read a UTF-8 screenplay file (size checked before reading) and parse it."""
     source = str(path)
     try:
-        if Path(path).stat().st_size > max_bytes:
-            raise ScreenplayError(0, f"screenplay is larger than the {max_bytes:,}-byte limit",
-                                  source, hint="one screenplay per episode")
-        with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)
-    except OSError as err:
-        raise ScreenplayError(0, f"cannot read screenplay: {err.strerror or err}", source,
+        data = safe_io.read_bytes(path, "screenplay", max_bytes=max_bytes)
+    except safe_io.InputError as err:
+        if err.kind == "size":
+            raise ScreenplayError(0, f"screenplay is larger than the {max_bytes:,}-byte limit", source,
+                                  hint="one screenplay per episode") from None
+        raise ScreenplayError(0, f"cannot read screenplay: {err.detail}", source,
                               hint="check the job's screenplay: path") from None
     try:
         text = data.decode("utf-8-sig")
@@ -576,13 +575,8 @@ def parse_treatment(text: str, *, source: str = "<treatment>") -> Treatment:
 def load_treatment(path: str | Path, *, max_bytes: int = 64 * 1024) -> Treatment:
     source = str(path)
     try:
-        if Path(path).stat().st_size > max_bytes:
-            raise ScreenplayError(0, f"treatment is larger than the {max_bytes:,}-byte limit", source,
-                                  hint="a logline and a beat sheet fit in a few KB")
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except OSError as err:
-        raise ScreenplayError(0, f"cannot read treatment: {err.strerror or err}", source,
-                              hint="check the job's screenplay: path") from None
-    except UnicodeDecodeError:
-        raise ScreenplayError(0, "not UTF-8 text", source, hint="save the treatment as UTF-8") from None
+        text = safe_io.read_text(path, "treatment", max_bytes=max_bytes)
+    except safe_io.InputError as err:
+        raise ScreenplayError(0, f"cannot read treatment: {err.detail}", source,
+                              hint="check the job's screenplay: path (a UTF-8 text file)") from None
     return parse_treatment(text, source=source)

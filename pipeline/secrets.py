@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline import safe_io
 from pipeline.errors import UserError
 
 MASK = "***"
@@ -78,7 +79,11 @@ def read_secrets_file(path: str | Path, *, field: str = "secrets_file") -> dict[
     if hasattr(os, "getuid") and st.st_uid != os.getuid():
         raise SecretError(f"{field}: {p} belongs to another user (uid {st.st_uid}); it must be yours, mode 600")
     values: dict[str, str] = {}
-    for no, raw in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = safe_io.read_text(p, field, max_bytes=1 << 20)
+    except safe_io.InputError as exc:
+        raise SecretError(f"{field}: {exc.detail}") from None
+    for no, raw in enumerate(text.splitlines(), 1):
         if not raw.strip() or raw.lstrip().startswith("#"):
             continue
         m = _LINE.match(raw)

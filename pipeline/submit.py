@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from pipeline.errors import UserError
+from pipeline.services import check_ray_address
 
 ROOT = Path(__file__).resolve().parents[1]
 # what never travels to the cluster: environments, outputs, caches, local databases
@@ -38,8 +39,9 @@ def submit(target: Path = typer.Argument(..., help="Episode job YAML, or a folde
            ledger: Optional[str] = typer.Option(None, "--ledger", help="Ledger URL for the cluster (default: the "
                                                                        "cluster's $MICRODRAMA_LEDGER)"),
            wait: bool = typer.Option(False, "--wait", help="Wait for the Ray job; exit 0 only if every episode is done"),
-           parallel: int = typer.Option(2, "--parallel", help="Episodes run at once"),
-           min_nodes: int = typer.Option(0, "--min-nodes", help="Start once this many Ray nodes are alive"),
+           parallel: int = typer.Option(2, "--parallel", min=1, max=256, help="Episodes run at once"),
+           min_nodes: int = typer.Option(0, "--min-nodes", min=0, max=10_000,
+                                         help="Start once this many Ray nodes are alive"),
            ) -> None:
     """Submit episode jobs to a Ray cluster; prints the submission id (with --wait: the JSON summary)."""
     from pipeline.batch import find_jobs, load_jobs
@@ -52,6 +54,7 @@ def submit(target: Path = typer.Argument(..., help="Episode job YAML, or a folde
         if scheme not in ("http", "https", "ray"):
             raise UserError(f"--address {address!r}: use http://HEAD:8265 (Ray job submission through the "
                             "dashboard) or ray://HEAD:10001 (Ray Client)")
+        check_ray_address(address, "--address", schemes=("http", "https", "ray"))  # exit 4 in seconds
     except UserError as exc:
         _fail(exc.problems, exc.exit_code)
     env = {k: v for k, v in (("MLFLOW_TRACKING_URI", tracking_uri), ("MICRODRAMA_LEDGER", ledger)) if v}
@@ -83,7 +86,14 @@ class Entry:
 
 def check_cluster_urls(tracking_uri: str | None, ledger: str | None) -> None:
     """Relative SQLite paths would land in the job's throwaway working dir on the head: refuse them."""
+    from pipeline.services import TRACKING_SCHEMES
+
     problems = []
+    if ledger and not ledger.startswith(("sqlite:///", "postgresql://", "postgres://", "postgresql+psycopg://")):
+        problems.append(f"--ledger {ledger.split('@')[-1]!r}: use postgresql://user:pass@host/db or "
+                        "sqlite:////abs/path/ledger.db")
+    if tracking_uri and "://" in tracking_uri and tracking_uri.split("://")[0].split("+")[0] not in TRACKING_SCHEMES:
+        problems.append(f"--tracking-uri {tracking_uri.split('@')[-1]!r}: use http://HOST:5000 or postgresql://…")
     for flag, url in (("--tracking-uri", tracking_uri), ("--ledger", ledger)):
         if url and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
             problems.append(f"{flag} {url}: a relative SQLite path is relative to the Ray job's temporary working "

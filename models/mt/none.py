@@ -8,6 +8,7 @@ class NoTranslation:
     """Passes texts through when source and target language are the same, and refuses otherwise."""
 
     resident = False
+    machine_translates = False  # a language the screenplay lacks cannot be supplied (validate says so)
 
     def translate(self, texts: list[str], *, src: str, tgt: str,
                   glossary: dict[str, str]) -> BackendResult:

@@ -76,6 +76,7 @@ class Search:
     choice: Choice
     proven: bool  # True: no other choice scores more; False: the budget ran out (best found, then improved)
     branches: int
+    by: str = "search"  # search: the branch-and-bound below; program: the integer program (stacking.py)
 
 
 def best_choice(options: dict[str, list[frozenset[str]]], score: Callable[[Choice], Decimal],

@@ -171,7 +171,7 @@ def parse_facts(data: Any, source: str = "facts") -> Facts:
 def load_facts(path: Path | str) -> Facts:
     """Read FACTS.yaml (numbers kept exact) and validate it."""
     try:
-        data = load_exact_file(Path(path))
+        data = load_exact_file(Path(path), "facts")
     except YamlError as err:
         raise FactsError(str(err)) from None
     return parse_facts(data, str(path))

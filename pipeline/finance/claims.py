@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from pipeline.finance.allocation import Allocation, Candidate, Choice, allocate, best_choice
+from pipeline.finance import stacking
+from pipeline.finance.allocation import Allocation, Candidate, Choice, Search, allocate, best_choice
 from pipeline.money import ZERO, fmt, plain
 from pipeline.finance.policies import (Policy, PolicyError, PolicySet, Programme, StackingGroup, load_policies,
                                        selects)
@@ -75,15 +76,24 @@ class _Run:
     company: dict[str, Assessment] = field(default_factory=dict)
     programmes: dict[str, tuple[Policy, Programme]] = field(default_factory=dict)
     cache: dict[tuple[str, frozenset[str]], Allocation] = field(default_factory=dict)
+    asks: dict[str, list[Candidate]] = field(default_factory=dict)
+
+    def candidates(self, pid: str) -> list[Candidate]:
+        """Every work the programme would pay something (or 0) for, in scenario order."""
+        if pid not in self.asks:
+            order = {d.id: (i, d.launched) for i, d in enumerate(self.scenario.dramas)}
+            self.asks[pid] = [Candidate(d, a.amount, a.company_cap, order[d][1], order[d][0])
+                              for d, a in self.work[pid].items() if a.amount is not None]
+        return self.asks[pid]
+
+    def limit(self, pid: str) -> int | None:
+        prog = self.programmes[pid][1]
+        return prog.limit.count if prog.limit else None
 
     def allocation(self, pid: str, dramas: frozenset[str]) -> Allocation:
         key = (pid, dramas)
         if key not in self.cache:
-            policy, prog = self.programmes[pid]
-            order = {d.id: i for i, d in enumerate(self.scenario.dramas)}
-            cands = [Candidate(d, a.amount, a.company_cap, self.scenario.drama(d).launched, order[d])
-                     for d, a in self.work[pid].items() if d in dramas and a.amount is not None]
-            self.cache[key] = allocate(cands, prog.limit.count if prog.limit else None)
+            self.cache[key] = allocate([c for c in self.candidates(pid) if c.drama in dramas], self.limit(pid))
         return self.cache[key]
 
     def score(self, choice: Choice) -> Decimal:
@@ -148,15 +158,31 @@ def evaluate(scenario: Scenario, policies: PolicySet | None = None) -> ClaimResu
             if policy.in_force(scenario.year):
                 _assess_programme(run, policy, prog)
     groups = [(p, g) for p in active if p.in_force(scenario.year) for g in p.stacking]
-    options = {d.id: _options(run, d.id, groups) for d in scenario.dramas}
-    search = best_choice(options, run.score, run.bound)
+    options = _all_options(run, groups)
+    search = _choose(run, options)
     choice = search.choice
     results = {}
     for pid, (policy, prog) in run.programmes.items():
         results[pid] = _result(run, policy, prog, choice, groups)
         if not search.proven:
-            results[pid] = _unproven(results[pid], search.branches, groups)
+            results[pid] = _unproven(results[pid], search, groups)
     return ClaimResult(scenario.year, scenario.company.name, results, scenario)
+
+
+SMALL_SEARCH = 12  # up to this many works with a choice to make, the branch-and-bound search decides
+
+
+def _choose(run: _Run, options: dict[str, list[frozenset[str]]]) -> Search:
+    """The stacking choice that pays the company most.
+
+    A handful of competing works: the branch-and-bound search, which also keeps each work's best-alone
+    option among equally paying choices. More: the exact integer program (`stacking.solve`), which
+    stays exact and takes seconds for thousands of works."""
+    competing = sum(len(opts) > 1 for opts in options.values())
+    if competing <= SMALL_SEARCH:
+        return best_choice(options, run.score, run.bound)
+    programmes = {pid: (run.candidates(pid), run.limit(pid)) for pid in run.work}
+    return stacking.solve(options, programmes, run.score)
 
 
 def _assess_programme(run: _Run, policy: Policy, prog: Programme) -> None:
@@ -167,15 +193,31 @@ def _assess_programme(run: _Run, policy: Policy, prog: Programme) -> None:
     run.work[prog.id] = {d.id: assess(Context(s.year, s.company, d, policy, prog)) for d in s.dramas}
 
 
-def _options(run: _Run, drama: str, groups: list[tuple[Policy, StackingGroup]]) -> list[frozenset[str]]:
-    """The largest sets of programmes one drama can be paid under together, best-paying alone first."""
+def _all_options(run: _Run, groups: list[tuple[Policy, StackingGroup]]) -> dict[str, list[frozenset[str]]]:
+    """Each drama's options; works eligible for the same programmes share the stacking rules' verdict."""
     order = list(run.work)
-    eligible = [pid for pid in order if run.work[pid][drama].amount is not None]
+    maximal: dict[tuple[str, ...], list[frozenset[str]]] = {}
+    options = {}
+    for d in run.scenario.dramas:
+        eligible = tuple(pid for pid in order if run.work[pid][d.id].amount is not None)
+        if eligible not in maximal:
+            maximal[eligible] = _maximal(eligible, groups)
+        options[d.id] = _ranked(run, d.id, maximal[eligible])
+    return options
+
+
+def _maximal(eligible: tuple[str, ...], groups: list[tuple[Policy, StackingGroup]]) -> list[frozenset[str]]:
+    """The largest sets of the eligible programmes that no stacking rule forbids together."""
     if not any(_conflicts(g, eligible) for _, g in groups):
         return [frozenset(eligible)]
     valid = [frozenset(c) for n in range(len(eligible), -1, -1)
              for c in itertools.combinations(eligible, n) if not any(_conflicts(g, c) for _, g in groups)]
-    maximal = [s for s in valid if not any(s < other for other in valid)]
+    return [s for s in valid if not any(s < other for other in valid)]
+
+
+def _ranked(run: _Run, drama: str, maximal: list[frozenset[str]]) -> list[frozenset[str]]:
+    """One drama's options, best-paying alone first (ties in programme order)."""
+    order = list(run.work)
 
     def value(option: frozenset[str]) -> tuple[Decimal, list[int]]:
         return (-sum((run.work[p][drama].amount for p in option), ZERO), sorted(order.index(p) for p in option))
@@ -191,12 +233,14 @@ def _conflicts(group: StackingGroup, pids: Any) -> bool:
     return len(_bundles_hit(group, pids)) > 1
 
 
-def _unproven(result: ProgrammeResult, branches: int, groups: list[tuple[Policy, StackingGroup]]) -> ProgrammeResult:
+def _unproven(result: ProgrammeResult, search: Search, groups: list[tuple[Policy, StackingGroup]]) -> ProgrammeResult:
     """Say in the trace of every programme a stacking rule touches that the choice is not proven the best."""
     cites = [g.cite for _, g in groups if any(selects(s, result.id) for b in g.bundles for s in b)]
     if not cites:
         return result
-    text = (f"the choice of programme per work was searched over {branches:,} branches without proving it "
+    how = (f"searched over {search.branches:,} branches" if search.by == "search" else
+           f"solved as an integer program within {stacking.SOLVER_SECONDS:g} s")
+    text = (f"the choice of programme per work was {how} without proving it "
             "the best (too many competing works); the amounts are what that choice pays and may be below "
             "the most these rules allow")
     policy = result.policy
@@ -243,6 +287,7 @@ def _per_work_result(run: _Run, policy: Policy, prog: Programme, choice: Choice,
                      base: dict[str, Any]) -> ProgrammeResult:
     year, company = run.scenario.year, run.scenario.company
     alloc = run.allocation(prog.id, _dramas_for(prog.id, choice))
+    over_limit = set(alloc.over_limit)
     by_drama: dict[str, Decimal] = {}
     excluded: dict[str, str] = {}
     for drama in run.scenario.dramas:
@@ -255,7 +300,7 @@ def _per_work_result(run: _Run, policy: Policy, prog: Programme, choice: Choice,
             text, seed, clause = _stacking_reason(prog.id, choice[drama.id], groups, policy)
             excluded[drama.id] = f"stacking {text} [{seed} {clause}]"
             steps.append(Step(prog.id, drama.id, "stacking", text, seed, clause))
-        elif drama.id in alloc.over_limit:
+        elif drama.id in over_limit:
             assert prog.limit is not None
             excluded[drama.id] = f"company limit: {prog.limit.count} dramas per year"
             steps.append(ctx.step("limit", f"{excluded[drama.id]}; {drama.id} is not among the "

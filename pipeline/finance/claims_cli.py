@@ -4,18 +4,20 @@ from __future__ import annotations
 import datetime as dt
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline import safe_io
 from pipeline.errors import UserError
 from pipeline.finance.claims import ClaimResult, evaluate
 from pipeline.money import fmt
 from pipeline.finance.policies import DEFAULT_POLICY_DIR, load_policies
 from pipeline.finance.scenario import load_scenario
 
+T = TypeVar("T")
 app = typer.Typer(help="Subsidy claims: evaluate, build and packet company-year scenarios.",
                   no_args_is_help=True, add_completion=False)
 
@@ -49,7 +51,8 @@ LedgerOpt = typer.Option("--ledger", envvar="MICRODRAMA_LEDGER", help="Ledger UR
 
 @app.command("build")
 def build_command(
-    year: Annotated[int, typer.Option("--year", help="the claim year (runs started that year, China time)")],
+    year: Annotated[int, typer.Option("--year", min=2000, max=2100,
+                                      help="the claim year (runs started that year, China time)")],
     facts: Annotated[Path, typer.Option("--facts", help="declared facts YAML (pipeline/finance/build.py)")],
     drama: Annotated[Optional[list[str]], typer.Option("--drama", help="drama slug; repeat; default: all "
                                                        "dramas of the facts file")] = None,
@@ -65,7 +68,14 @@ def build_command(
     from pipeline.finance.packet_evidence import make_packets
 
     try:
-        built = build_from_file(facts, year, dramas=drama, tracking_uri=tracking_uri, ledger_url=ledger)
+        check_slugs("--drama", drama or [])
+        if out is not None:
+            safe_io.check_out_file(out, "--out")
+        if packets is not None:
+            safe_io.check_out_dir(packets, "--packets")
+        check_metered(tracking_uri, ledger)
+        built = _library_errors(lambda: build_from_file(facts, year, dramas=drama, tracking_uri=tracking_uri,
+                                                        ledger_url=ledger))
         text = built.to_yaml()
         for note in built.notes:
             Console(stderr=True, highlight=False).print(f"note: {note}", markup=False)
@@ -73,8 +83,11 @@ def build_command(
             sys.stdout.write(text)
             return
         target = out or packets / "scenario.yaml"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise safe_io.write_failed(exc, target, "--out" if out else "--packets") from None
         typer.echo(str(target))
         if packets is not None:
             for folder in make_packets(target, None, packets, tracking_uri=built.tracking_uri,
@@ -103,12 +116,54 @@ def packet_command(
 
     try:
         dates = {k: _date(v, f"--{k}") for k, v in (("notified", notified), ("accepted", accepted)) if v}
-        folders = make_packets(scenario, [programme], out, drama=drama, tracking_uri=tracking_uri,
-                               ledger_url=ledger, dates=dates, policies=load_policies(policies))
+        check_slugs("--drama", [drama] if drama else [])
+        safe_io.check_out_dir(out, "--out")
+        check_metered(tracking_uri, ledger)
+        folders = _library_errors(lambda: make_packets(scenario, [programme], out, drama=drama,
+                                                       tracking_uri=tracking_uri, ledger_url=ledger, dates=dates,
+                                                       policies=load_policies(policies)))
     except UserError as err:
         _fail(err)
     for folder in folders:
         typer.echo(str(folder))
+
+
+def check_slugs(flag: str, values: list[str]) -> None:
+    """Drama ids as scenarios write them: 1-200 characters, no spaces or control characters."""
+    import re
+
+    bad = [v for v in values if not re.fullmatch(r"\S{1,200}", v) or any(ord(c) < 32 or ord(c) == 127 for c in v)]
+    if bad:
+        raise UserError(f"{flag} {bad[0][:80]!r}: not a drama id (1-200 characters, no spaces or control "
+                        "characters)")
+
+
+def check_metered(tracking_uri: str | None, ledger: str | None) -> None:
+    """Before any work: the MLflow server answers (exit 4 in seconds, not minutes of retries) and the ledger
+    is an existing SQLite ledger or a PostgreSQL server that answers."""
+    from pipeline.finance.build_metered import default_ledger, default_tracking_uri
+    from pipeline.services import check_ledger_url, check_tracking_uri
+
+    check_tracking_uri(default_tracking_uri(tracking_uri), "--tracking-uri")
+    check_ledger_url(default_ledger(ledger), "--ledger")
+
+
+def _library_errors(work: Callable[[], T]) -> T:
+    """Run `work`; an MLflow/database client error becomes one line (exit 2, or 4 for a lost connection);
+    a file the CLI could not write (disk full) too."""
+    from pipeline.services import from_library
+
+    try:
+        return work()
+    except UserError:
+        raise
+    except Exception as exc:
+        known = from_library(exc, "metered data")
+        if known is not None:
+            raise known from None
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write: {exc.strerror or exc}; free space or choose another --out") from None
+        raise
 
 
 def _date(text: str, option: str) -> dt.date:

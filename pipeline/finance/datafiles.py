@@ -1,60 +1,34 @@
 """Finance data files: YAML loading that keeps numbers exact, and validation errors as field-path lines."""
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-import yaml
-
-
-class _ExactLoader(yaml.SafeLoader):
-    """SafeLoader whose float scalars are parsed from their text as Decimal."""
-
-
-def _construct_decimal(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Decimal:
-    text = str(loader.construct_scalar(node)).replace("_", "")
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise yaml.constructor.ConstructorError(
-            None, None, f"unreadable number {text!r}", node.start_mark) from None
-    if not value.is_finite():
-        raise yaml.constructor.ConstructorError(
-            None, None, f"{text!r} is not a finite number", node.start_mark)
-    return value
-
-
-def _construct_text(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> str:
-    return str(loader.construct_scalar(node))
-
-
-_ExactLoader.add_constructor("tag:yaml.org,2002:float", _construct_decimal)
-# dates stay text: the schema parses them, so a bad date is an error naming its field
-_ExactLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_text)
+from pipeline import safe_io
 
 
 class YamlError(ValueError):
-    """A file that is not readable YAML (syntax error, or a number that is not finite)."""
+    """A file that is not readable YAML (syntax error, duplicate key, a number that is not finite or out of
+    range, not UTF-8, not a regular file, too large or too deep)."""
 
 
 def load_exact(text: str, source: str = "<string>") -> Any:
-    """Parse YAML text; floats come back as Decimal, ints as int, dates as their text."""
+    """Parse YAML text; floats come back as Decimal, ints as int, dates as their text; duplicate keys refused."""
     try:
-        return yaml.load(text, Loader=_ExactLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as err:
-        raise YamlError(f"{source}: not valid YAML: {err}") from None
+        return safe_io.parse_yaml(text, source, exact=True, bad="not valid YAML", where_first=False)
+    except safe_io.InputError as err:
+        raise YamlError(str(err)) from None
 
 
-def load_exact_file(path: Path) -> Any:
-    """Read and parse one YAML file with exact numbers."""
+def load_exact_file(path: Path, what: str = "") -> Any:
+    """Read one YAML file through the bounded reader (pipeline/safe_io.py) and parse it with exact numbers."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as err:
-        raise YamlError(f"{path}: cannot read: {err.strerror}") from None
-    return load_exact(text, str(path))
+        return safe_io.load_yaml(path, what, exact=True, bad="not valid YAML", where_first=False)
+    except safe_io.InputError as err:
+        raise YamlError(str(err)) from None
 
 
 def field_path(loc: tuple[int | str, ...]) -> str:

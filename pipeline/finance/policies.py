@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictInt,
                       ValidationError)
 
+from pipeline import safe_io
 from pipeline.errors import UserError
 from pipeline.finance.datafiles import YamlError, error_lines, load_exact_file
 from pipeline.finance.scenario import (COMPANY_FLAGS, COMPANY_NUMBERS, DISTRICTS, DRAMA_FLAGS,
@@ -405,7 +406,10 @@ def _check_cites(policy: Policy, seeds_dir: Path | None) -> list[str]:
     for name in {policy.seed} | {c.seed for _, c in _walk(policy, "") if isinstance(c, Cite) and c.seed}:
         file = seeds_dir / name
         if file.is_file():
-            texts[name] = _normalise(file.read_text(encoding="utf-8"))
+            try:
+                texts[name] = _normalise(safe_io.read_text(file, "seed"))
+            except safe_io.InputError as err:
+                problems.append(str(err))
         else:
             problems.append(f"seed: {name!r} not found in {seeds_dir}")
     for path, cite in _walk(policy, ""):
@@ -419,7 +423,7 @@ def _check_cites(policy: Policy, seeds_dir: Path | None) -> list[str]:
 def load_policy_file(path: Path, seeds_dir: Path | None = None) -> tuple[Policy | None, list[str]]:
     """Parse and check one policy file; problems come back as values, each prefixed with the file."""
     try:
-        data = load_exact_file(path)
+        data = load_exact_file(path, "policy")
     except YamlError as err:
         return None, [str(err)]
     if not isinstance(data, dict):

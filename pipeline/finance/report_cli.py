@@ -17,7 +17,7 @@ err = Console(stderr=True)
 
 def _exit(exc: UserError) -> None:
     for line in exc.problems:
-        err.print(f"[bold red]error:[/] {escape(line)}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -29,15 +29,32 @@ def report(drama: str = typer.Option(..., "--drama", help="Drama (MLflow experim
            all_runs: bool = typer.Option(False, "--all-runs", help="Every run, not only each episode's latest")
            ) -> None:
     """Per-episode, per-stage compute report: time, GPU-s, energy, CPU-s, AI usage, cost, cache savings."""
+    from pipeline import safe_io
     from pipeline.episode import tracking_uri_of
     from pipeline.finance.report import rows, write
+    from pipeline.job import SLUG
+    from pipeline.services import check_tracking_uri, from_library
 
     try:
         if fmt not in ("csv", "xlsx", "html"):
             raise UserError(f"--format: {fmt!r} is not one of csv, xlsx, html")
-        data = rows(tracking_uri_of(tracking_uri), drama, episode, latest_only=not all_runs)
+        for flag, value in (("--drama", drama), ("--episode", episode)):
+            if value is not None and not SLUG.fullmatch(value):
+                raise UserError(f"{flag} {value!r}: not a slug (lowercase letters, digits, '-', '_' or '.')")
         path = out or Path(f"report-{drama}{'-' + episode if episode else ''}.{fmt}")
-        write(data, path, fmt, f"{drama} compute report")
+        safe_io.check_out_file(path, "--out")
+        uri = tracking_uri_of(tracking_uri)
+        check_tracking_uri(uri)  # a closed port: exit 4 in seconds, not minutes of MLflow's HTTP retries
+        try:
+            data = rows(uri, drama, episode, latest_only=not all_runs)
+        except UserError:
+            raise
+        except Exception as exc:  # a tracking store MLflow cannot read: one line, not its traceback
+            raise from_library(exc, f"--tracking-uri {uri}") or exc
+        try:
+            write(data, path, fmt, f"{drama} compute report")
+        except OSError as exc:
+            raise safe_io.write_failed(exc, path, "--out") from None
     except UserError as exc:
         _exit(exc)
     typer.echo(str(path))
@@ -51,6 +68,7 @@ def estimate(job: Path = typer.Argument(..., help="Episode job YAML"),
     from pipeline import screenplay
     from pipeline.episode import tracking_uri_of
     from pipeline.finance.estimate import estimate as predict
+    from pipeline.services import check_tracking_uri
     from pipeline.stages.script import read_source
     from pipeline.job import load_job
 
@@ -58,6 +76,7 @@ def estimate(job: Path = typer.Argument(..., help="Episode job YAML"),
         j = load_job(job, overrides or [])
         source = read_source(j)  # a screenplay's shots, or for a screenwriter one shot per beat (an estimate)
         shots = len(source.shots) if hasattr(source, "shots") else max(1, len(source.beats))
+        check_tracking_uri(tracking_uri_of(tracking_uri))  # past runs are read from there: it must answer
     except (UserError, screenplay.ScreenplayError) as exc:
         _exit(exc if isinstance(exc, UserError) else UserError(str(exc)))
     result = predict(j, shots, tracking_uri_of(tracking_uri))

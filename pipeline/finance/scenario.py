@@ -11,7 +11,7 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from pipeline.errors import UserError
 from pipeline.finance.datafiles import YamlError, error_lines, load_exact_file
-from pipeline.money import ZERO, D
+from pipeline.money import ZERO, D, bounded
 
 DISTRICTS = ("huairou", "yizhuang", "tongzhou", "mentougou", "datong")
 District = Literal["huairou", "yizhuang", "tongzhou", "mentougou", "datong"]
@@ -24,7 +24,7 @@ class ScenarioError(UserError):
 
 def _number(value: Any) -> Decimal:
     try:
-        return D(value)
+        return bounded(value, "a number")
     except (TypeError, ValueError) as err:
         raise ValueError(str(err)) from None
 
@@ -175,7 +175,7 @@ def parse_scenario(data: Any, source: str = "scenario") -> Scenario:
 def load_scenario(path: Path | str) -> Scenario:
     """Read SCENARIO.yaml (numbers kept exact) and validate it."""
     try:
-        data = load_exact_file(Path(path))
+        data = load_exact_file(Path(path), "scenario")
     except YamlError as err:
         raise ScenarioError(str(err)) from None
     return parse_scenario(data, str(path))

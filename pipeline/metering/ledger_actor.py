@@ -12,10 +12,15 @@ from pipeline.metering.ledger import Checkpoint, Entry, Ledger
 DEFAULT_WRITER_NAME = "microdrama-ledger"
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=1)
+MAX_RESTARTS = 20  # a writer whose process dies is restarted, but never for ever (a ledger it cannot open)
+
+
+@ray.remote(num_cpus=0, max_restarts=MAX_RESTARTS, max_task_retries=-1, max_concurrency=1)
 class LedgerWriter:
     """Owns one Ledger; Ray runs its methods one at a time. A retried call after a crash cannot bill twice:
-    the idempotency key returns the entry that was already committed."""
+    the idempotency key returns the entry that was already committed. Restarts are bounded (MAX_RESTARTS),
+    and the driver opens the ledger itself before starting a writer (`episode.check_ledger`), so a URL the
+    writer could never open is refused up front instead of restarting it in a loop."""
 
     def __init__(self, url: str, key_file: str | None = None) -> None:
         self._url = url

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from pipeline.metering.ledger import Checkpoint, Entry, Ledger, LedgerError, default_ledger_url, verify_entry_inclusion
+from pipeline.errors import UserError
 from pipeline.metering.ledger_sign import vkey
 
 app = typer.Typer(help="Tamper-evident ledger: verify it, prove an entry, sign a checkpoint.", no_args_is_help=True)
@@ -20,9 +21,23 @@ KeyOpt = typer.Option(None, "--key-file",
                       help="Signing key (default: $MICRODRAMA_LEDGER_KEY_FILE or <ledger dir>/ledger.key)")
 
 
+MAX_INDEX = 2**62  # entry indexes and tree sizes (SQLite/PostgreSQL integers are 64-bit)
+
+
 def _open(url: str | None, key_file: Path | None = None) -> Ledger:
+    from pipeline.metering.ledger_store import StoreUnreachable
+    from pipeline.services import UNREACHABLE_EXIT, check_sqlite_file
+
+    url = url or default_ledger_url()
     try:
-        return Ledger.open(url or default_ledger_url(), key_file, create=False)
+        if url.startswith("sqlite:///"):
+            check_sqlite_file(Path(url[len("sqlite:///"):]).expanduser(), url, must_exist=True)
+        return Ledger.open(url, key_file, create=False)
+    except StoreUnreachable as e:  # the database server does not answer: exit 4, one line
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(UNREACHABLE_EXIT) from None
+    except UserError as e:
+        raise typer.BadParameter(str(e), param_hint="--ledger") from None
     except (ValueError, ImportError, OSError) as e:
         raise typer.BadParameter(str(e), param_hint="--ledger") from e
 
@@ -51,6 +66,9 @@ def verify(ledger: str | None = LedgerOpt,
            as_json: bool = typer.Option(False, "--json", help="Print the report as JSON"),
            key_file: Path | None = KeyOpt) -> None:
     """Recompute every leaf, link, root and checkpoint signature; exit 1 naming the first bad entry."""
+    if pubkey and "+" not in pubkey and "BEGIN" not in pubkey and not Path(pubkey).expanduser().is_file():
+        raise typer.BadParameter(f"{pubkey}: no such file (a PEM public key file, or a vkey name+id+key)",
+                                 param_hint="--pubkey")
     with _session(ledger, key_file) as led:
         report = led.verify(pubkey)
     data = {"ok": report.ok, "first_bad_index": report.first_bad_index, "size": report.size,
@@ -63,6 +81,9 @@ def verify(ledger: str | None = LedgerOpt,
 def _resolve(led: Ledger, ref: str) -> Entry:
     entry = led.find(ref)
     if entry is None and ref.isdigit():
+        if int(ref[:20]) >= MAX_INDEX or len(ref) > 19:
+            raise typer.BadParameter(f"{ref[:30]!r} is beyond any ledger index (at most {MAX_INDEX:,})",
+                                     param_hint="ENTRY")
         entry = led.get(int(ref))
     if entry is None:
         raise typer.BadParameter(f"no entry with index or idempotency key {ref!r}", param_hint="ENTRY")
@@ -78,13 +99,17 @@ def _checkpoint_for(led: Ledger, index: int, size: int | None) -> Checkpoint | N
 @app.command()
 def prove(entry: str = typer.Argument(..., help="Entry index or idempotency key"),
           ledger: str | None = LedgerOpt,
-          size: int | None = typer.Option(None, "--size", help="Tree size to prove against (default: the "
-                                             "latest checkpoint that covers the entry)"),
+          size: int | None = typer.Option(None, "--size", min=1, max=MAX_INDEX,
+                                          help="Tree size to prove against (default: the "
+                                               "latest checkpoint that covers the entry)"),
           as_json: bool = typer.Option(False, "--json", help="Print the proof bundle as JSON"),
           key_file: Path | None = KeyOpt) -> None:
     """Print an entry, its leaf hash, its inclusion proof and the signed checkpoint it verifies against."""
     with _session(ledger, key_file) as led:
         e = _resolve(led, entry)
+        if size is not None and not e.index < size <= led.size():
+            raise typer.BadParameter(f"{size} must cover entry {e.index} and be at most the ledger's size "
+                                     f"({led.size()})", param_hint="--size")
         cp = _checkpoint_for(led, e.index, size)
         tree_size = cp.tree_size if cp else (size or led.size())
         proof = led.inclusion_proof(e.index, tree_size)
@@ -121,7 +146,7 @@ def checkpoint(ledger: str | None = LedgerOpt, as_json: bool = typer.Option(Fals
 
 @app.command()
 def show(ledger: str | None = LedgerOpt,
-         tail: int = typer.Option(10, "--tail", "-n", help="How many of the latest entries"),
+         tail: int = typer.Option(10, "--tail", "-n", min=0, max=1_000_000, help="How many of the latest entries"),
          kind: str | None = typer.Option(None, "--kind", help="Only entries of this kind"),
          as_json: bool = typer.Option(False, "--json")) -> None:
     """Print the latest entries and the latest checkpoint."""
@@ -157,7 +182,7 @@ def _when(text: str, option: str) -> Any:
 def bill_idle(node: str = typer.Option(..., "--node", help="The rented node, as usage records name it (its hostname)"),
               gpu_model: str = typer.Option(..., "--gpu-model", help="e.g. 'NVIDIA H100 80GB HBM3' (priced by "
                                             "configs/prices)"),
-              gpus: int = typer.Option(..., "--gpus", min=1, help="GPUs rented on the node"),
+              gpus: int = typer.Option(..., "--gpus", min=1, max=4096, help="GPUs rented on the node"),
               start: str = typer.Option(..., "--from", help="Rental start, ISO-8601 with timezone"),
               end: str = typer.Option(..., "--to", help="Rental end, ISO-8601 with timezone"),
               drama: str = typer.Option("", "--drama", help="Attribute the idle time to this drama (default: "

@@ -80,13 +80,22 @@ def public_key_path(key_path: Path) -> Path:
     return key_path.with_suffix(".pub")
 
 
+def _readable_by_others(path: Path) -> bool:
+    """World-readable, or group-readable by a group this process is not in. A Kubernetes secret volume
+    with `fsGroup` is group-readable by the pod's own group only, which is fine."""
+    st = path.stat()
+    if st.st_mode & 0o007:
+        return True
+    return bool(st.st_mode & 0o070) and st.st_gid not in {os.getgid(), *os.getgroups()}
+
+
 def load_or_create_key(path: Path) -> LedgerKey:
     """Load the PEM (PKCS#8) Ed25519 key at `path`, creating it 0600 (and its .pub) on first use."""
     if not path.exists():
         _create_key(path)
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        log.warning("ledger key file %s is readable by others (mode %o); chmod 600 it", path, mode)
+    if _readable_by_others(path):
+        log.warning("ledger key file %s is readable by others (mode %o); chmod 600 it", path,
+                    path.stat().st_mode & 0o777)
     private = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(private, Ed25519PrivateKey):
         raise ValueError(f"{path} holds a {type(private).__name__}, not an Ed25519 private key")
@@ -133,7 +142,9 @@ def load_public_key(source: Ed25519PublicKey | bytes | str | Path) -> Ed25519Pub
         return Ed25519PublicKey.from_public_bytes(source)
     text = source.decode() if isinstance(source, bytes) else str(source)
     if isinstance(source, Path) or Path(text).expanduser().is_file():
-        text = Path(text).expanduser().read_text()
+        from pipeline import safe_io
+
+        text = safe_io.read_text(Path(text).expanduser(), "public key", max_bytes=64 * 1024)
     text = text.strip()
     if text.startswith("-----BEGIN"):
         if "PRIVATE KEY" in text:
@@ -146,8 +157,15 @@ def load_public_key(source: Ed25519PublicKey | bytes | str | Path) -> Ed25519Pub
 
 
 def _parse_vkey(text: str) -> Ed25519PublicKey:
-    name, khash, b64 = text.split("+", 2)  # the base64 key may itself contain "+"
-    raw = base64.b64decode(b64)
+    parts = text.split("+", 2)  # the base64 key may itself contain "+"
+    if len(parts) != 3 or "\n" in text:
+        raise ValueError(f"{text[:60]!r} is neither a public key file that exists (PEM) nor a signed-note "
+                         "vkey (name+keyid+base64); check the --pubkey path")
+    name, khash, b64 = parts
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except ValueError:
+        raise ValueError("vkey: its key part is not base64") from None
     if raw[:1] != ED25519_ALG or len(raw) != 33:
         raise ValueError("vkey is not an Ed25519 signed-note key")
     public = Ed25519PublicKey.from_public_bytes(raw[1:])

@@ -206,6 +206,13 @@ CREATE OR REPLACE TRIGGER ledger_checkpoints_append_only BEFORE UPDATE OR DELETE
 PG_SCHEMA_LOCK = 7_146_373_201  # pg_advisory_xact_lock key: serialises schema creation across processes
 
 
+PG_CONNECT_TIMEOUT_S = 10  # seconds; a server that does not answer is unreachable, not waited for
+
+
+class StoreUnreachable(ConnectionError):
+    """The ledger's database server does not accept the connection (the CLI exits 4)."""
+
+
 class PostgresStore:
     """Tables in a shared PostgreSQL database; every append transaction locks ledger_entries against
     other writers (SHARE ROW EXCLUSIVE: plain reads go on), so indexes and prev-links stay gap-free."""
@@ -217,7 +224,12 @@ class PostgresStore:
             raise ImportError("the PostgreSQL ledger needs psycopg: pip install 'microdrama[postgres]'") from e
         self.url = redact_url(url)
         self.ledger_dir = None
-        self._conn = psycopg.connect(url, autocommit=True)
+        timeout = {} if "connect_timeout" in url else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        try:
+            self._conn = psycopg.connect(url, autocommit=True, **timeout)
+        except psycopg.OperationalError as e:  # closed port, unknown host, refused login: one line, no traceback
+            reason = "; ".join(x.strip() for x in str(e).splitlines() if x.strip())[:300] or type(e).__name__
+            raise StoreUnreachable(f"ledger {self.url}: cannot connect: {reason}") from None
         with self._conn.transaction(), self._conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (PG_SCHEMA_LOCK,))
             for stmt in PG_SCHEMA.strip().split(";\n"):
@@ -258,7 +270,11 @@ def open_store(url: str, create: bool = True) -> Store:
             raise ValueError("the ledger needs a file: use sqlite:///ledger.db (in-memory SQLite is not durable)")
         if not create and not Path(path).expanduser().is_file():
             raise FileNotFoundError(f"no ledger at {path}: check --ledger / $MICRODRAMA_LEDGER")
-        return SQLiteStore(Path(path).expanduser())
+        try:
+            return SQLiteStore(Path(path).expanduser())
+        except sqlite3.DatabaseError as e:  # a corrupt or foreign file: say so instead of a traceback
+            raise ValueError(f"ledger {path}: not a readable SQLite ledger ({e}); restore it from a backup "
+                             "or point --ledger at another file") from None
     if url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
         return PostgresStore(url.replace("postgresql+psycopg://", "postgresql://", 1))
     raise ValueError(f"unsupported ledger URL {redact_url(url)!r}: use sqlite:///path/ledger.db "

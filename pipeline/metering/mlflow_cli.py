@@ -14,10 +14,17 @@ def pending(as_json: bool = typer.Option(False, "--json", help="Print the queue 
     """List the queued runs: episode, tracking server, when and why they were queued."""
     from pipeline.metering.mlflow_queue import _safe, pending as queued
 
+    from pipeline import safe_io
+
     items = []
     for path in queued():
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        m = payload["manifest"]
+        try:
+            payload = json.loads(safe_io.read_text(path, "queued run", max_bytes=64 << 20))
+            m = payload["manifest"]
+            m["run_id"], m["drama"], m["episode"], payload["tracking_uri"], payload["queued_at"]
+        except (safe_io.InputError, ValueError, KeyError, TypeError) as exc:
+            typer.echo(f"error: {path}: not a readable queued run ({exc}); move it out of the queue", err=True)
+            raise typer.Exit(2) from None
         items.append({"file": str(path), "run_id": m["run_id"], "drama": m["drama"], "episode": m["episode"],
                       "tracking_uri": _safe(payload["tracking_uri"]), "queued_at": payload["queued_at"],
                       "reason": payload.get("reason", "")[:200]})

@@ -16,6 +16,7 @@ UNITS = ("gpu-hour", "vcpu-hour", "gib-hour",
 COMPUTE_UNITS = ("gpu-hour", "vcpu-hour", "gib-hour")
 
 
+from pipeline import safe_io  # noqa: E402
 from pipeline.money import money  # noqa: E402  (the one money constructor)
 
 
@@ -203,7 +204,11 @@ def load_table(path: Path | str) -> PriceTable:
     """Load and validate one price table; errors name the file and every bad field."""
     path = Path(path)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        data = yaml.load(safe_io.read_text(path, "price table"), Loader=_Loader)  # noqa: S506 - SafeLoader
+    except safe_io.InputError as e:
+        raise PriceError(str(e)) from None
+    except RecursionError:
+        raise PriceError(f"{path}: nested too deeply") from None
     except PriceError as e:
         raise PriceError(f"{path}: {e}") from None
     except yaml.YAMLError as e:

@@ -61,10 +61,22 @@ def read_source(job: Job) -> Any:
     from models.registry import resolve
     from pipeline import screenplay
 
+    from models.mt.none import same_language
+    from pipeline.errors import JobError
+    from pipeline.stages.translate import supply_problems
+
     path = ScriptStage(job).screenplay_path()
     if is_writer(resolve("script", job.stages.script.backend)):
-        return screenplay.load_treatment(path)
-    return screenplay.load(path, language=job.primary_language)
+        treatment = screenplay.load_treatment(path)
+        if treatment.language and not same_language(treatment.language, job.primary_language):
+            raise JobError(f"languages: the treatment is in {treatment.language!r} (its Language: line) but "
+                           f"languages starts with {job.primary_language!r}; put {treatment.language!r} first")
+        return treatment
+    script = screenplay.load(path, language=job.primary_language)
+    problems = supply_problems(job, script)
+    if problems:
+        raise JobError(problems)
+    return script
 
 
 def load_script(outputs: dict[str, Any]) -> Script:

@@ -47,6 +47,40 @@ class TranslateStage:
         return {"script": str(out), "translated_lines": len(filled)}
 
 
+def supply_problems(job: Job, script: Script) -> list[str]:
+    """What stops the job's languages from being supplied, before any work: the primary language is the one
+    the screenplay is written in, and every other language is either written in the screenplay for every
+    line ([[xx: …]]) or the translate backend can translate into it from the screenplay's language."""
+    from models.mt.none import same_language
+    from models.registry import resolve
+
+    src, problems = script.language, []
+    if not same_language(src, job.primary_language):
+        problems.append(f"languages: the screenplay is written in {src!r} (its Language: line) but languages "
+                        f"starts with {job.primary_language!r}; put {src!r} first, e.g. "
+                        f"[{', '.join([src, *[x for x in job.languages if x != src]])}]")
+    lines = [line for shot in script.shots for line in shot.lines]
+    name = job.stages.translate.backend
+    try:
+        cls = resolve("translate", name)
+    except Exception:  # an unknown backend is named by validate()
+        return problems
+    pairs = getattr(getattr(cls, "spec", None), "pairs", ())
+    for lang in job.languages:
+        missing = sum(lang not in line.text for line in lines)
+        if not missing or same_language(src, lang):
+            continue
+        if not getattr(cls, "machine_translates", True):
+            problems.append(f"languages: {missing} of {len(lines)} line(s) have no {lang!r} text and "
+                            f"stages.translate.backend {name!r} does not machine-translate; add [[{lang}: …]] "
+                            f"translations to the screenplay, drop {lang!r}, or pick a translate backend")
+        elif pairs and (src, lang) not in pairs:
+            problems.append(f"languages: stages.translate.backend {name!r} translates "
+                            f"{', '.join(f'{a}→{b}' for a, b in pairs)} only, not {src}→{lang}; pick a model for "
+                            "that pair (e.g. nllb-600m) or drop the language")
+    return problems
+
+
 def _glossary(script: Script, src: str, tgt: str, extra: dict[str, str]) -> dict[str, str]:
     names = {c.names.get(src, c.name): c.names[tgt] for c in script.characters.values() if tgt in c.names}
     return {**names, **extra}
