@@ -337,7 +337,7 @@ class _Parser:
                                   hint="list the dialogue language in Languages:")
         primary = declared or (codes[0] if codes else None)
         if primary and requested and primary != requested:
-            raise ScreenplayError(no or codes_no, f"screenplay is written in {primary!r} but {requested!r} "
+            raise ScreenplayError(no or codes_no, f"the screenplay is written in {primary!r} but {requested!r} "
                                   "was asked for", hint="make Language: agree with the job's first language")
         if requested and not fo.is_language(requested):
             raise ScreenplayError(0, f"language {requested!r} is not a language code", hint="e.g. zh or en")

@@ -315,7 +315,8 @@ def test_validate_checks_a_season_in_one_command_and_passes_the_job_language(tmp
     run = CliRunner().invoke(app, ["validate", str(jobs[0]), str(bad), str(again), "--set", f"output_dir={tmp_path}"])
     assert run.exit_code == 2 and "Traceback" not in run.output
     assert "ok: d/e1" in run.output
-    assert f"{bad}: {bad.parent / 'ep.fountain'}:1: screenplay is written in 'en' but 'zh' was asked for" in run.output
+    said = f"{bad}: {bad.parent / 'ep.fountain'}:1: the screenplay is written in 'en' but 'zh' was asked for"
+    assert said in run.output
     assert f"{again}: episode: d/e1 is also the episode of {jobs[0]}" in run.output
     run = CliRunner().invoke(app, ["validate", "stages.video.fps=12"])
     assert run.exit_code == 2 and "no job file given" in run.output
