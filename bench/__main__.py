@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["bench.bench_claims", "bench.bench_edit", "bench.bench_metering", "bench.bench_resident", "bench.bench_scale"]
+BENCHES = ["bench.bench_claims", "bench.bench_edit", "bench.bench_metering", "bench.bench_resident", "bench.bench_scale",
+           "bench.bench_screenplay"]
 
 
 def main(argv: list[str]) -> int:

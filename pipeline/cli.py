@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -40,27 +40,49 @@ def _fail(exc: BaseException, code: int) -> None:
 
 
 @app.command()
-def validate(job: Path = typer.Argument(..., help="Episode job YAML"),
-             set_: list[str] = typer.Option([], "--set", "-s", help="Override, e.g. stages.video.fps=24"),
-             overrides: list[str] = typer.Argument(None, help="Dotted overrides KEY=VALUE")) -> None:
-    """Check a job (schema, profile, backends, screenplay) without running anything."""
-    from pipeline import screenplay
+def validate(args: list[str] = typer.Argument(..., metavar="JOB... [KEY=VALUE...]",
+                                             help="Episode job YAML files (a season: several), then dotted overrides"),
+             set_: list[str] = typer.Option([], "--set", "-s", help="Override, e.g. stages.video.fps=24")) -> None:
+    """Check jobs (schema, profile, backends, screenplay) without running anything; one line per job."""
+    jobs = [Path(a) for a in args if "=" not in a or Path(a).is_file()]
+    overrides = [*set_, *(a for a in args if "=" in a and not Path(a).is_file())]
+    if not jobs:
+        _fail(UserError("validate: no job file given (usage: microdrama validate JOB.yaml [JOB.yaml...] "
+                        "[KEY=VALUE...])"), 2)
+    code, seen = 0, {}
+    for path in jobs:
+        try:
+            j, summary = _validate_one(path, overrides)
+            if (j.drama, j.episode) in seen:
+                raise UserError(f"episode: {j.drama}/{j.episode} is also the episode of {seen[j.drama, j.episode]}; "
+                                "give every job of a season its own episode")
+            seen[j.drama, j.episode] = path
+            typer.echo(summary)
+        except UserError as exc:  # a ScreenplayError is a UserError
+            code = max(code, exc.exit_code)
+            _report(exc, prefix=f"{path}: " if len(jobs) > 1 else "")
+    if code:
+        raise typer.Exit(code)
+
+
+def _report(exc: BaseException, prefix: str) -> None:
+    """Print an error of one job among several (each line prefixed with its job file) and go on."""
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        err.print(f"[bold red]error:[/] {escape(prefix + line)}", highlight=False, markup=True, soft_wrap=True)
+
+
+def _validate_one(path: Path, overrides: list[str]) -> tuple[Any, str]:
     from pipeline.job import load_job
     from pipeline.orchestrate import preflight
     from pipeline.stages.script import read_source
 
-    try:
-        j = load_job(job, [*set_, *(overrides or [])])
-        script = read_source(j)
-    except UserError as exc:
-        _fail(exc, 2)
-    except screenplay.ScreenplayError as exc:
-        _fail(exc, 2)
+    j = load_job(path, overrides)
+    script = read_source(j)
     problems = preflight(j)
     if problems:
-        _fail(UserError(problems), 2)
+        raise UserError(problems)
     size = f"shots={len(script.shots)}" if hasattr(script, "shots") else f"beats={len(script.beats)} (treatment)"
-    typer.echo(f"ok: {j.drama}/{j.episode} profile={j.profile} languages={','.join(j.languages)} {size}")
+    return j, f"ok: {j.drama}/{j.episode} profile={j.profile} languages={','.join(j.languages)} {size}"
 
 
 @app.command()

@@ -1,8 +1,8 @@
 """Fountain lexing for the screenplay parser: numbered clean lines, notes, headings, cues and title page."""
 from __future__ import annotations
 
+import functools
 import io
-import itertools
 import re
 from collections.abc import Iterable, Iterator
 
@@ -28,17 +28,28 @@ NOTE_KINDS = {"shot": "shot", "tags": "tags", "tag": "tags", "emotion": "emotion
               "char": "char", "character": "char"}
 
 _HEADING = re.compile(
-    r"^(?:(?P<latin>int\.?/ext|ext\.?/int|i/e|e/i|int|ext|est)(?:\.|\s)"
+    r"^(?:(?P<latin>int\.?/ext|ext\.?/int|i/e|e/i|int|ext|est)(?:[.。]|\s)"
     r"|(?P<cjk>内外景|内/外景|外/内景|内景|外景)(?:[.。:：、]|\s))\s*", re.IGNORECASE)
 _SCENE_NUMBER = re.compile(r"\s#[\w.-]+#\s*$")
 _TAG = re.compile(r"(?:^|(?<=\s))#([\w-]+)(?=\s|$)")
-_TIME_SPLIT = re.compile(r"\s+[-–—]+\s+|\s*－\s*|\s*——\s*")
+_WIDE_CLASS = "\u3040-\u9fff\uac00-\ud7af"  # kana, Chinese characters, Hangul
+_TIME_SPLIT = re.compile(rf"\s+[-–—]+\s+|\s*－\s*|\s*——\s*|(?<=[{_WIDE_CLASS}])[-–—](?=[{_WIDE_CLASS}])")
 _EXTENSION = re.compile(r"\s*[(（][^()（）]*[)）]\s*$")
 _PAREN = re.compile(r"^[(（](.*)[)）]$", re.S)
-_TITLE_KEY = re.compile(r"^([A-Za-z][A-Za-z ]{0,30}):(.*)$")
+_TITLE_KEY = re.compile(r"^([A-Za-z][A-Za-z ]{0,30})[:：](.*)$")
 _NOTE_KEY = re.compile(r"^\s*([A-Za-z][A-Za-z0-9-]{0,15})\s*(?::(.*))?$", re.S)
+_PAGE_BREAK = re.compile(r"^={3,}$")
 _DURATION = re.compile(r"^(\d{1,3}(?:\.\d{1,3})?)(?:s|sec|秒)$")
-_CN_TRANSITION = re.compile(r"^(?:切至|切到|转场|淡入|淡出|叠化|黑场)[:：。.]?$")
+_CN_TRANSITION = re.compile(r"^(?:切至|切到|转场|淡入|淡出|叠化|黑场|フェードイン|フェードアウト|カットイン)[:：。.]?$")
+# time-of-day words: in `EXT. PATIO - DAY - FLASHBACK (1944)` the time is DAY, not the last piece
+TIME_WORDS = frozenset("""
+day night morning evening afternoon noon midnight dawn dusk sunrise sunset twilight continuous later same
+日 夜 晨 早 晚 白天 夜晚 夜里 深夜 清晨 早晨 上午 中午 下午 傍晚 黄昏 凌晨 黎明 午夜 日落 日出 朝 昼 夕方
+낮 밤 아침 저녁 день ночь утро вечер
+""".split())
+# ISO 639-1 codes that are also common English words: a `[[so: …]]` note is a translation only when the
+# screenplay's Language: or Languages: names the code
+WORD_CODES = frozenset("am an as be he hi id is it me my na ne no or so to us".split()) & ISO_639_1
 _UNDERLINE = re.compile(r"(?<![\w\\])_|(?<!\\)_(?!\w)")
 MAX_CJK_CUE = 8
 NOT_EMOTIONS = {"beat", "pause", "continuing", "cont'd", "停顿", "顿", "继续"}
@@ -68,6 +79,9 @@ def numbered_lines(text: str) -> Iterator[Numbered]:
 def _strip_boneyard(lines: Iterable[str]) -> Iterator[Numbered]:
     open_at = 0
     for no, raw in enumerate(lines, 1):
+        if not open_at and "/*" not in raw:
+            yield no, raw
+            continue
         kept, pos, touched = [], 0, bool(open_at)
         while pos <= len(raw):
             if open_at:
@@ -98,41 +112,69 @@ def _inside_note_after(text: str, inside: bool) -> bool:
         inside, pos = not inside, j + 2
 
 
+def is_kept_blank(raw: str) -> bool:
+    """Fountain's "two spaces" line: a blank line that belongs to the dialogue, action or note around it."""
+    return len(raw) >= 2 and not raw.strip()
+
+
 def _join_notes(lines: Iterator[Numbered]) -> Iterator[Numbered]:
-    for no, line in lines:
-        parts, inside = [line], _inside_note_after(line, False)
+    """Join a note spanning lines onto its first line. A `[[` not closed before a blank line (a line of two
+    spaces does not count) is plain text, as in Fountain; the lines after it are read again (a note opened
+    in one of them cannot close before that blank line either: every line of the failed note ended inside it)."""
+    pending: list[Numbered] = []
+    fails_at = 0  # the blank line (or end) that an unclosed note ran into
+    while True:
+        nxt = pending.pop() if pending else next(lines, None)
+        if nxt is None:
+            return
+        no, line = nxt
+        parts, taken = [line], []
+        inside = _inside_note_after(line, False) and no > fails_at
         while inside:
-            nxt = next(lines, None)
-            if nxt is None or not nxt[1].strip():
-                raise ScreenplayError(no, "note '[[' is never closed", hint="add ']]' before the next blank line")
-            parts.append(nxt[1].strip())
+            follow = pending.pop() if pending else next(lines, None)
+            if follow is None or not (follow[1].strip() or is_kept_blank(follow[1])):
+                fails_at = follow[0] if follow is not None else 1 << 62
+                pending.extend(reversed(taken + ([follow] if follow is not None else [])))
+                parts = [line]
+                break
+            taken.append(follow)
+            parts.append(follow[1].strip())
             inside = _inside_note_after(parts[-1], True)
-        yield no, " ".join(parts)
+        yield no, " ".join(p for p in parts if p) if len(parts) > 1 else line
 
 
-def split_notes(line: str) -> tuple[str, list[str]]:
+def split_notes(line: str) -> tuple[str, tuple[str, ...]]:
     """Text of a line without its `[[notes]]`, and the note bodies in order."""
+    if "[[" not in line:
+        return line, ()
+    return _split_notes(line)
+
+
+@functools.lru_cache(maxsize=256)  # the parser looks at a line a few times in a row
+def _split_notes(line: str) -> tuple[str, tuple[str, ...]]:
     text, notes, pos = [], [], 0
     while True:
         start = line.find("[[", pos)
         end = line.find("]]", start + 2) if start >= 0 else -1
         if end < 0:
             text.append(line[pos:])
-            return "".join(text), notes
+            return "".join(text), tuple(notes)
         text.append(line[pos:start])
         notes.append(line[start + 2:end])
         pos = end + 2
 
 
-def note_kind(body: str) -> tuple[str, str, str]:
-    """(kind, key, value) of a note: shot, tags, emotion, char, lang (a translation) or other."""
+def note_kind(body: str, languages: frozenset[str] = frozenset()) -> tuple[str, str, str]:
+    """(kind, key, value) of a note: shot, tags, emotion, char, lang (a translation) or other. A key that is a
+    language code is a translation; one that is also an English word (`so`, `it`, `no`) only when `languages`
+    (the title page's Language: and Languages:) names it."""
     m = _NOTE_KEY.match(body)
     if not m:
         return "other", "", body.strip()
     key, value = m.group(1), (m.group(2) or "").strip()
     if key.lower() in NOTE_KINDS:
         return NOTE_KINDS[key.lower()], key.lower(), value
-    if m.group(2) is not None and is_language(key):
+    if m.group(2) is not None and is_language(key) and (key in languages or key.split("-")[0] not in WORD_CODES):
         return "lang", key, value
     return "other", key, value
 
@@ -166,8 +208,11 @@ def join_text(parts: list[str]) -> str:
 
 def clean_inline(text: str) -> str:
     """Drop Fountain emphasis markers (*italic*, **bold**, _underline_) and unescape \\* and \\_."""
-    text = text.replace("\\*", "\x00").replace("*", "").replace("\x00", "*")
-    return " ".join(_UNDERLINE.sub("", text).replace("\\_", "_").split())
+    if "*" in text:
+        text = text.replace("\\*", "\x00").replace("*", "").replace("\x00", "*")
+    if "_" in text:
+        text = _UNDERLINE.sub("", text).replace("\\_", "_")
+    return " ".join(text.split())
 
 
 def parenthetical(text: str) -> str | None:
@@ -194,10 +239,17 @@ def heading_parts(rest: str) -> tuple[str, str, list[str]]:
     rest = _SCENE_NUMBER.sub("", " " + rest).strip()
     tags = [t.lower() for t in _TAG.findall(rest)]
     rest = " ".join(_TAG.sub(" ", rest).split())
-    pieces = _TIME_SPLIT.split(rest)
-    if len(pieces) > 1:
-        return " - ".join(pieces[:-1]).strip(), pieces[-1].strip(), tags
-    return rest, "", tags
+    pieces = [p.strip() for p in _TIME_SPLIT.split(rest)]
+    if len(pieces) == 1:
+        return rest, "", tags
+    at = next((i for i in range(1, len(pieces)) if _is_time(pieces[i])), len(pieces) - 1)
+    return " - ".join(pieces[:at]), pieces[at], tags
+
+
+def _is_time(piece: str) -> bool:
+    """`DAY`, `LATER THAT NIGHT`, `夜`: a short piece naming a time of day."""
+    words = re.sub(r"[(（].*?[)）]", " ", piece).casefold().split()
+    return 0 < len(words) <= 3 and any(w in TIME_WORDS for w in words)
 
 
 def heading_label(text: str) -> str:
@@ -207,8 +259,23 @@ def heading_label(text: str) -> str:
     return " ".join(_TAG.sub(" ", _SCENE_NUMBER.sub("", " " + s)).split())
 
 
-def transition(text: str) -> bool:
+def centered(text: str) -> bool:
     s = text.strip()
+    return len(s) >= 2 and s.startswith(">") and s.endswith("<")
+
+
+def section_or_synopsis(text: str) -> bool:
+    """A Fountain section (`# Act one`) or synopsis (`= …`) line; `===` (a page break) counts too."""
+    s = text.lstrip()
+    return s.startswith(("#", "="))
+
+
+def page_break(text: str) -> bool:
+    return bool(_PAGE_BREAK.match(text.strip()))
+
+
+def transition(text: str) -> bool:
+    s = clean_inline(text.strip())
     if s.startswith(">") and not s.endswith("<"):
         return True
     if s in ("FADE IN:", "FADE OUT.", "FADE TO BLACK.", "CUT TO BLACK.") or _CN_TRANSITION.match(s):
@@ -220,7 +287,7 @@ def cue_name(text: str, known: dict[str, str]) -> str | None:
     """The speaker named by a character-cue line, or None. `known` maps casefolded names to names."""
     s = text.strip()
     forced = s.startswith("@")
-    if s.startswith("!") or transition(s) or heading(s):
+    if s.startswith(("!", "~", ">", "#", "=")) or transition(s) or heading(s):
         return None
     s = s.lstrip("@").rstrip("^").rstrip()
     for _ in range(3):
@@ -248,19 +315,16 @@ def check_not_dialogue(block: list[Numbered], i: int) -> None:
 
 
 def unforce(text: str) -> str:
-    if text.startswith(">") and text.endswith("<"):
-        return text[1:-1].strip()
+    """Action text without Fountain's forcing marks: `!action`, `~lyric`, centered `> text <`."""
+    if centered(text):
+        return text.strip()[1:-1].strip()
     return text[1:] if text[:1] in ("!", "~") else text
 
 
-def detect_language(texts: Iterable[str]) -> str:
-    """Guess the dialogue language: Hangul → ko, kana → ja, Chinese characters → zh, else en."""
-    sample = "".join(itertools.islice(texts, 2000))[:20000]
-    if any("\uac00" <= c <= "\ud7af" for c in sample):
-        return "ko"
-    if any("\u3040" <= c <= "\u30ff" for c in sample):
-        return "ja"
-    return "zh" if any(is_cjk_name(c) for c in sample) else "en"
+def spoken(text: str) -> str:
+    """A dialogue line as spoken: a sung `~lyric` loses its marker, emphasis is dropped."""
+    s = text.strip()
+    return clean_inline(s[1:] if s.startswith("~") else s)
 
 
 def paren_emotion(paren: str | None) -> str | None:
@@ -351,8 +415,8 @@ def title_page(lines: list[Numbered]) -> tuple[dict[str, tuple[int, list[Numbere
     i = 0
     while i < len(lines) and not lines[i][1].strip():
         i += 1
-    if i == len(lines) or heading(lines[i][1]) or not _TITLE_KEY.match(lines[i][1]):
-        return {}, 0
+    if i == len(lines) or heading(lines[i][1]) or transition(lines[i][1]) or not _TITLE_KEY.match(lines[i][1]):
+        return {}, 0  # `FADE IN:` looks like a key but opens the body
     entries: dict[str, tuple[int, list[Numbered]]] = {}
     values: list[Numbered] = []
     while i < len(lines) and lines[i][1].strip() and not heading(lines[i][1]):

@@ -54,7 +54,7 @@ def read_source(job: Job) -> Any:
     path = screenplay_path(job)
     if is_writer(resolve("script", job.stages.script.backend)):
         return screenplay.load_treatment(path)
-    return screenplay.load(path)
+    return screenplay.load(path, language=job.primary_language)
 
 
 def planned_shots(job: Job) -> int:

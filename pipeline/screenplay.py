@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import fountain as fo, safe_io
+from pipeline import writing_systems as ws
 from pipeline.fountain import Numbered, ScreenplayError
 from pipeline.script import Character, Line, Scene, Script, Shot
 
@@ -18,6 +19,7 @@ MAX_BYTES = 1 << 20  # 1 MiB: a feature film is ~250 KB of Fountain, a micro-dra
 MAX_SHOTS = 2000
 MAX_CHARACTERS = 200
 MAX_LINES = 10_000  # lines of dialogue
+OPENING = "OPENING"  # the location of what comes before the first scene heading
 _HEADING_HINT = "start the scene with a heading such as 'INT. OFFICE - NIGHT' or '内景. 办公室 - 夜'"
 
 
@@ -69,8 +71,8 @@ def _add_unique(target: list[str], items: list[str]) -> None:
 class _Parser:
     """One pass over numbered lines building drafts; `build()` validates across the file into a Script."""
 
-    def __init__(self, max_shots: int):
-        self.max_shots = max_shots
+    def __init__(self, max_shots: int, opening: bool = True):
+        self.max_shots, self.opening = max_shots, opening
         self.scenes: list[_SceneDraft] = []
         self.declared: dict[str, Character] = {}
         self.known: dict[str, str] = {}  # casefolded name (any language) -> character name
@@ -121,6 +123,8 @@ class _Parser:
                 for body in notes:
                     self._note(body, no)
                 i, after_break = i + 1, True
+            elif after_break and fo.section_or_synopsis(text):  # `= synopsis` right under a heading
+                i += 1
             elif h := fo.heading(text):
                 self._heading(no, fo.heading_label(text), h, notes)
                 i, after_break = i + 1, True
@@ -135,12 +139,11 @@ class _Parser:
 
     # ------------------------------------------------------------ elements
 
-    def _heading(self, no: int, label: str, h: tuple[str, bool], notes: list[str]) -> None:
+    def _heading(self, no: int, label: str, h: tuple[str, bool], notes: Iterable[str]) -> None:
         self._close_scene()
         rest, interior = h
         location, time_of_day, tags = fo.heading_parts(rest)
-        if not location:
-            raise ScreenplayError(no, "scene heading has no location", hint=_HEADING_HINT)
+        location = location or label  # `INT.` alone, `.` forced: the heading is all there is
         self.scenes.append(_SceneDraft(len(self.scenes) + 1, label, location, time_of_day, interior,
                                        list(dict.fromkeys(tags)), no))
         self.last = None
@@ -151,27 +154,24 @@ class _Parser:
         cue_no = block[i][0]
         self.cues.append((name, cue_no))
         shot, self.last = self._shot(cue_no), None
-        draft, first = _LineDraft(name, cue_no), True
+        draft = _LineDraft(name, cue_no)
         for no, raw in block[i + 1:]:
             text, notes = fo.split_notes(raw)
             paren = fo.parenthetical(text)
             if paren is not None and draft.parts:
                 self._finish(shot, draft)
-                draft, first = _LineDraft(name, no, parenthetical=paren), False
+                draft = _LineDraft(name, no, parenthetical=paren)
             elif paren is not None:
                 draft.parenthetical = paren if draft.parenthetical is None else f"{draft.parenthetical}, {paren}"
-            elif text.strip():
-                draft.parts.append(fo.clean_inline(text))
+            elif text.strip():  # a line of two spaces keeps the speech going
+                draft.parts.append(fo.spoken(text))
                 draft.source_line = draft.source_line or no
             for body in notes:
                 self._note(body, no, draft=draft)
-        if not draft.parts and first:
-            raise ScreenplayError(cue_no, f"character cue {name!r} has no dialogue", hint=(
-                "put the dialogue on the line right after the name, or start the line with '!' if it is action"))
-        if not draft.parts:
-            raise ScreenplayError(draft.cue_line, "parenthetical has no dialogue after it",
-                                  hint="add the line it directs, or move it into the action")
-        self._finish(shot, draft)
+        if draft.parts:
+            self._finish(shot, draft)
+        elif draft.parenthetical:  # a parenthetical with no line after it is a stage direction
+            shot.action.append(f"{name} ({draft.parenthetical})")
         return len(block)
 
     def _finish(self, shot: _ShotDraft, draft: _LineDraft) -> None:
@@ -190,7 +190,7 @@ class _Parser:
         while i < len(block):
             no, raw = block[i]
             text, notes = fo.split_notes(raw)
-            if i > start and (not text.strip() or fo.heading(text)):
+            if i > start and (not text.strip() and notes or fo.heading(text)):
                 break
             parts.append(fo.clean_inline(fo.unforce(text.strip())))
             for body in notes:
@@ -201,8 +201,12 @@ class _Parser:
 
     # ------------------------------------------------------------ notes
 
+    def note_languages(self) -> frozenset[str]:
+        """Codes a `[[xx: …]]` note surely translates into: the title page's Language: and Languages:."""
+        return frozenset(([self.language[0]] if self.language else []) + (self.languages[0] if self.languages else []))
+
     def _note(self, body: str, no: int, draft: _LineDraft | None = None, inline: bool = False) -> None:
-        kind, key, value = fo.note_kind(body)
+        kind, key, value = fo.note_kind(body, self.note_languages())
         if kind == "lang":
             self._translation(key, fo.clean_inline(value), no, draft)
         elif kind == "emotion":
@@ -273,8 +277,12 @@ class _Parser:
     # ------------------------------------------------------------ scenes and shots
 
     def _scene(self, no: int, what: str) -> _SceneDraft:
-        if not self.scenes:
+        """The current scene; before the first heading, an opening scene (a cold open, an epigraph, the
+        action after FADE IN:) titled after the screenplay."""
+        if not self.scenes and not self.opening:
             raise ScreenplayError(no, f"{what} before the first scene heading", hint=_HEADING_HINT)
+        if not self.scenes:
+            self.scenes.append(_SceneDraft(1, "", self.title or OPENING, "", False, [], no))
         return self.scenes[-1]
 
     def _shot(self, no: int) -> _ShotDraft:
@@ -299,16 +307,17 @@ class _Parser:
         if not self.scenes:
             return
         scene = self.scenes[-1]
-        if not scene.shots:
-            raise ScreenplayError(scene.source_line, "scene has no action or dialogue",
-                                  hint="add an action line under the heading, or delete the heading")
+        if not scene.shots:  # a heading with nothing under it: an establishing shot of the place
+            self._new_shot(scene, scene.source_line, noted=False)
+            scene.shots[-1].framing = "wide"
+            scene.shots[-1].action.append(scene.heading or scene.location)
         self._check_last_shot(scene)
 
     # ------------------------------------------------------------ build
 
     def build(self, language: str | None) -> Script:
         if not self.scenes:
-            raise ScreenplayError(0, "no scene headings found", hint=_HEADING_HINT)
+            raise ScreenplayError(0, "no scene headings found, and no action or dialogue", hint=_HEADING_HINT)
         drafts = [d for s in self.scenes for sh in s.shots for d in sh.lines]
         lang = self._primary_language(language, drafts)
         self._check_translations(lang, drafts)
@@ -328,11 +337,20 @@ class _Parser:
                                   hint="list the dialogue language in Languages:")
         primary = declared or (codes[0] if codes else None)
         if primary and requested and primary != requested:
-            raise ScreenplayError(no or codes_no, f"screenplay is written in {primary!r} but {requested!r} "
+            raise ScreenplayError(no or codes_no, f"the screenplay is written in {primary!r} but {requested!r} "
                                   "was asked for", hint="make Language: agree with the job's first language")
         if requested and not fo.is_language(requested):
             raise ScreenplayError(0, f"language {requested!r} is not a language code", hint="e.g. zh or en")
-        return primary or requested or fo.detect_language(p for d in drafts for p in d.parts)
+        if primary:
+            return primary
+        counts = ws.letter_counts(p for d in drafts for p in d.parts)
+        script = ws.main_script(counts)
+        if requested and script and not ws.written_in(requested, script):
+            first = next((d.source_line for d in drafts if d.parts), 0)
+            raise ScreenplayError(first, f"the dialogue is in {script} script ({ws.language_of(counts)}?) but "
+                                  f"{requested!r} was asked for", hint=(
+                                      "write Language: on the title page and make the job's first language agree"))
+        return requested or ws.language_of(counts)
 
     def _check_translations(self, lang: str, drafts: list[_LineDraft]) -> None:
         required = self.languages[0] if self.languages else []
@@ -381,13 +399,23 @@ def _head(lines: Iterator[Numbered]) -> list[Numbered]:
 
 
 def _blocks(lines: Iterable[Numbered]) -> Iterator[list[Numbered]]:
-    """Paragraphs of consecutive non-blank lines; sections, synopses and page breaks count as blank,
-    and a line holding only a shot note is a paragraph of its own."""
+    """Paragraphs of consecutive non-blank lines. A line of two spaces stays inside its paragraph (Fountain's
+    blank line within dialogue); page breaks end one; a section `#` or synopsis `=` line is skipped where it
+    opens a paragraph or follows a heading, and is text inside dialogue or action; a line holding only a
+    shot note is a paragraph of its own."""
     block: list[Numbered] = []
     for no, raw in lines:
         s = raw.strip()
-        if not s or s[0] in "#=":
-            text, notes = "", []
+        if not s and not (block and fo.is_kept_blank(raw)) or fo.page_break(s):
+            text, notes = "", ()
+        elif fo.section_or_synopsis(s) and (not block or fo.heading(fo.split_notes(block[-1][1])[0])):
+            if block:
+                yield block
+                block = []
+            continue
+        elif not s:
+            block.append((no, raw))
+            continue
         else:
             text, notes = fo.split_notes(raw)
         shot_only = not text.strip() and any(fo.note_kind(n)[0] == "shot" for n in notes)
@@ -448,16 +476,19 @@ def _scene_model(s: _SceneDraft, lang: str, resolve: Callable[[str], str],
 # ---------------------------------------------------------------- public API
 
 def parse(text: str, *, source: str = "<screenplay>", language: str | None = None,
-          max_bytes: int = MAX_BYTES, max_shots: int = MAX_SHOTS) -> Script:
+          opening: bool = True, max_bytes: int = MAX_BYTES, max_shots: int = MAX_SHOTS) -> Script:
     """Parse screenplay text into a Script; raise ScreenplayError (with source and line) when it does not parse.
 
-    `language` is the dialogue language the job expects (used when the title page has no Language:).
+    `language` is the dialogue language the job expects (used when the title page has no Language:, and
+    checked against it and against the script the dialogue is written in). `opening=False` refuses text
+    before the first scene heading instead of making it an opening shot (for a model's screenplay, which must
+    have scenes).
     """
     try:
         if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
             raise ScreenplayError(0, f"screenplay is larger than the {max_bytes:,}-byte limit "
                                   f"({len(text):,} characters)", hint="one screenplay per episode")
-        parser = _Parser(max_shots)
+        parser = _Parser(max_shots, opening)
         parser.feed(fo.numbered_lines(text))
         return parser.build(language)
     except ScreenplayError as err:

@@ -90,7 +90,7 @@ def check(text: str, language: str) -> str | None:
     from pipeline import screenplay
 
     try:
-        script = screenplay.parse(text, source="model output", language=language)
+        script = screenplay.parse(text, source="model output", language=language, opening=False)
     except screenplay.ScreenplayError as err:
         return str(err)
     return None if script.shots else "no shots"

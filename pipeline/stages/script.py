@@ -13,7 +13,7 @@ from pipeline.job_backends import read_source as _parse_source
 from pipeline.script import Script
 from pipeline.stages import StageCall, StageRun, report_all
 
-VERSION = 1
+VERSION = 2  # 2: Fountain 1.1 in full (opening and establishing shots, two-space lines, …)
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class ScriptStage:
             (run.workdir / "screenplay.fountain").write_text(text, encoding="utf-8")
             script = screenplay.parse(text, source="generated screenplay")
         else:
-            script = screenplay.load(source)
+            script = screenplay.load(source, language=self.job.primary_language)
         out = run.workdir / "script.json"
         out.write_text(script.model_dump_json(indent=1), encoding="utf-8")
         return {"script": str(out), "shots": [s.id for s in script.shots]}
