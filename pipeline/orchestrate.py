@@ -40,6 +40,7 @@ from pipeline.stages.storyboard import StoryboardStage
 from pipeline.stages.translate import TranslateStage
 from pipeline.stages.video import VideoStage
 from pipeline.job_backends import SECTIONS, backend_settings  # noqa: F401  (backend_settings: re-exported)
+from pipeline.metering.sink import append_items as append  # the runner's name for it
 
 # stage name → (stage class, settings section naming its backend and hosting: pipeline/job_backends.py)
 _CLASSES = {"script": ScriptStage, "translate": TranslateStage, "storyboard": StoryboardStage, "dub": DubStage,
@@ -225,12 +226,6 @@ def journal(info: RunInfo, meter: Meter) -> Any:
                                  "stage": ids["stage"], "shot": ids["shot"], "attempt": ids["attempt"],
                                  "usage_key": key}, limit=info.job.budget.max_cny)
 
-
-def append(sink: Any, items: list[tuple[str, dict, str]]) -> list[Any]:
-    """Append through the ledger writer actor (blocking) or straight to a Ledger."""
-    if hasattr(sink.append_many, "remote"):
-        return ray.get(sink.append_many.remote(items))
-    return sink.append_many(items)
 
 
 def emit(info: RunInfo, record: UsageRecord) -> None:

@@ -36,3 +36,12 @@ def emit_record(writer: Any, job: Any, record: UsageRecord) -> list[Any]:
 
         return ray.get(writer.append_many.remote(items))
     return writer.append_many(items)
+
+
+def append_items(sink: Any, items: list[tuple[str, dict, str]]) -> list[Any]:
+    """Append through the ledger writer actor (blocking) or straight to a Ledger."""
+    if hasattr(sink.append_many, "remote"):
+        import ray
+
+        return ray.get(sink.append_many.remote(items))
+    return sink.append_many(items)

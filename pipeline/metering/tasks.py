@@ -96,9 +96,9 @@ class Journal:
     notes: list[dict[str, Any]] = field(default_factory=list)  # planned vs billed differences, for params
 
     def _append(self, items: list[tuple[str, dict, str]]) -> None:
-        from pipeline.orchestrate import append
+        from pipeline.metering.sink import append_items
 
-        append(self.sink, items)
+        append_items(self.sink, items)
 
     @contextlib.contextmanager
     def _ledger(self) -> Iterator[Any]:
