@@ -2,7 +2,6 @@
 respects every limit, cap and stacking rule for thousands of works, and says so when it is cut short."""
 from __future__ import annotations
 
-import itertools
 from decimal import Decimal
 
 import pytest
@@ -10,23 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.claims_scenarios import company_year
+from tests.test_claims import _exhaustive
 from pipeline.finance import claims, stacking
-from pipeline.finance.allocation import Search
 from pipeline.finance.policies import load_policies, selects
 from pipeline.finance.scenario import parse_scenario
 
 POLICIES = load_policies()
-
-
-def _exhaustive(options, score, bound=None):
-    names = list(options)
-    best, best_score = None, None
-    for combo in itertools.product(*(options[d] for d in names)):
-        choice = dict(zip(names, combo))
-        value = score(choice)
-        if best is None or value > best_score:
-            best, best_score = choice, value
-    return Search(best, proven=True, branches=0)
 
 
 def _evaluate(data, small: int):
