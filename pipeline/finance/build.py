@@ -64,10 +64,10 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from pipeline.errors import UserError
 from pipeline.finance.attribution import CATEGORIES, FIELDS, LABELS, total
@@ -76,7 +76,7 @@ from pipeline.finance.build_metered import (CST, MeteredDrama, MeteringError, de
                                             public_url)
 from pipeline.finance.datafiles import YamlError, error_lines, load_exact_file
 from pipeline.money import ZERO, shown
-from pipeline.finance.scenario import (Company, DayKey, Days, District, Minutes, Money, Scenario, ScenarioError,
+from pipeline.finance.scenario import (Company, DramaDeclared, District, Money, Scenario, ScenarioError,
                                        parse_scenario)
 
 __all__ = ["CST", "Built", "DramaFacts", "Facts", "FactsError", "MeteredDrama", "MeteringError", "build_from_file",
@@ -102,23 +102,10 @@ class DeclaredCosts(_Strict):
     local_spend: dict[District, Money] = Field(default_factory=dict)
 
 
-class DramaFacts(_Strict):
+class DramaFacts(DramaDeclared):
     """One drama's declared facts; the fields of a SCENARIO.yaml drama that are not metered."""
 
-    id: str = Field(min_length=1, pattern=r"^\S+$")
-    title: str = ""
-    orientation: Literal["vertical", "horizontal"] = "vertical"
-    episode_minutes_max: Minutes | None = None
-    launched: dt.date | None = None
-    licence_no: str | None = Field(default=None, min_length=1)
-    overseas: StrictBool = False
-    ai_comic: StrictBool = False
-    ip_conversion: StrictBool = False
-    yizhuang_theme: StrictBool = False
-    produced_in: list[District] = Field(default_factory=list)
     costs: DeclaredCosts = Field(default_factory=DeclaredCosts)
-    revenue_share: Money = ZERO
-    shooting_days: dict[DayKey, Days] = Field(default_factory=dict)
 
 
 class Facts(_Strict):

@@ -86,8 +86,9 @@ class Costs(_Strict):
     local_spend: dict[District, Money] = Field(default_factory=dict)
 
 
-class Drama(_Strict):
-    """One work claimed for in the scenario year."""
+class DramaDeclared(_Strict):
+    """The fields of a drama that a company declares (everything but its costs): shared by the scenario's
+    Drama and the claims builder's facts file (pipeline/finance/build.py)."""
 
     id: str = Field(min_length=1, pattern=r"^\S+$")
     title: str = ""
@@ -100,9 +101,14 @@ class Drama(_Strict):
     ip_conversion: StrictBool = False
     yizhuang_theme: StrictBool = False
     produced_in: list[District] = Field(default_factory=list)
-    costs: Costs = Field(default_factory=Costs)
     revenue_share: Money = ZERO
     shooting_days: dict[DayKey, Days] = Field(default_factory=dict)
+
+
+class Drama(DramaDeclared):
+    """One work claimed for in the scenario year."""
+
+    costs: Costs = Field(default_factory=Costs)
     local_runtime_share: dict[District, Share] = Field(default_factory=dict)
 
 
