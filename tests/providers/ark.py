@@ -9,7 +9,6 @@ usage.generated_images}. Errors: {"error": {code, message, type}}; 429 RateLimit
 """
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -31,15 +30,9 @@ class ArkHandler(JsonHandler):
         return True
 
     def do_GET(self) -> None:  # noqa: N802
-        if self.serve_file():
-            return
-        self.record(None)
-        if not self._authorised():
-            return
-        m = re.fullmatch(r"/api/v3/contents/generations/tasks/([\w-]+)", self.path)
-        task = self.server.tasks.get(m.group(1)) if m else None
+        task = self.polled_task(r"/api/v3/contents/generations/tasks/([\w-]+)",
+                                _error("ResourceNotFound", "task not found", "NotFound"))
         if task is None:
-            self.send_json(404, _error("ResourceNotFound", "task not found", "NotFound"))
             return
         b = self.server.behaviour
         task.polls += 1

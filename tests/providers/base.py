@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import threading
 import time
@@ -176,6 +177,23 @@ class JsonHandler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.requests.append({"method": self.command, "path": self.path, "body": body,
                                          "headers": {k.lower(): v for k, v in self.headers.items()}})
+
+    def _authorised(self) -> bool:  # each provider checks its own credentials and answers its own 401
+        raise NotImplementedError
+
+    def polled_task(self, pattern: str, not_found: Any) -> Task | None:
+        """The GET prologue every provider shares: serve result files, record the request, check the
+        credentials, find the task named by `pattern`'s group; answers 404 with `not_found` when unknown."""
+        if self.serve_file():
+            return None
+        self.record(None)
+        if not self._authorised():
+            return None
+        m = re.fullmatch(pattern, self.path)
+        task = self.server.tasks.get(m.group(1)) if m else None
+        if task is None:
+            self.send_json(404, not_found)
+        return task
 
     def serve_file(self) -> bool:
         if not self.path.startswith("/files/"):

@@ -31,15 +31,9 @@ class DashScopeHandler(JsonHandler):
         return True
 
     def do_GET(self) -> None:  # noqa: N802
-        if self.serve_file():
-            return
-        self.record(None)
-        if not self._authorised():
-            return
-        m = re.fullmatch(r"/api/v1/tasks/([\w-]+)", self.path)
-        task = self.server.tasks.get(m.group(1)) if m else None
+        task = self.polled_task(r"/api/v1/tasks/([\w-]+)",
+                                {"request_id": _rid(), "code": "InvalidParameter", "message": "task not found"})
         if task is None:
-            self.send_json(404, {"request_id": _rid(), "code": "InvalidParameter", "message": "task not found"})
             return
         self.send_json(200, self._task_doc(task))
 

@@ -8,7 +8,6 @@ security. std renders 720×1280 portrait, pro 1080×1920.
 """
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from pathlib import Path
@@ -39,15 +38,8 @@ class KlingHandler(JsonHandler):
         return {"code": code, "message": message, "request_id": str(uuid.uuid4()), "data": data}
 
     def do_GET(self) -> None:  # noqa: N802
-        if self.serve_file():
-            return
-        self.record(None)
-        if not self._authorised():
-            return
-        m = re.fullmatch(r"/v1/videos/image2video/([\w-]+)", self.path)
-        task = self.server.tasks.get(m.group(1)) if m else None
+        task = self.polled_task(r"/v1/videos/image2video/([\w-]+)", self._doc(1203, "task not found", {}))
         if task is None:
-            self.send_json(404, self._doc(1203, "task not found", {}))
             return
         b = self.server.behaviour
         task.polls += 1
