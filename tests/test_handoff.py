@@ -322,3 +322,24 @@ def test_edit_timeline_renders_the_cut_back_metered_to_the_episode(episode, tmp_
     exp = client.get_experiment_by_name("handoff-demo")
     runs = client.search_runs([exp.experiment_id], "tags.episode = 'ep01' and tags.`microdrama.kind` = 'episode'")
     assert {r.data.tags["microdrama.run_id"] for r in runs} == {before["run_id"], after["run_id"]}
+    # finance: the re-cut renders only the edit stage, so the first run's other stages are in the final episode
+    # (the re-cut's base); only the first run's own edit is superseded rework
+    from pipeline.finance.build_metered import meter_drama
+    from pipeline.finance.attribution import total
+
+    base = {r.data.tags["microdrama.run_id"]: r.data.tags.get("microdrama.base_run") for r in runs}
+    assert base[after["run_id"]] == before["run_id"]
+    with Ledger.open(episode["ledger"]) as led:
+        metered = meter_drama("handoff-demo", None, episode["mlflow"], led)
+        first = led.entries(kind="cost", where={"job": before["run_id"]})
+        stages = {e.body["idempotency_key"]: e.body["stage"] for e in led.entries(kind="usage")}
+    superseded = [ln for ln in metered.attributed if ln.category == "superseded"]
+    assert superseded and {stages[ln.body["usage_key"]] for ln in superseded} == {"edit"}
+    carried = [ln for ln in metered.attributed if ln.job == before["run_id"] and ln.category == "final"]
+    assert {stages[ln.body["usage_key"]] for ln in carried} >= {"storyboard", "video", "dub"}
+    assert all(ln.attributed_to == after["run_id"] for ln in carried)
+    recut = [ln for ln in metered.attributed if ln.job == after["run_id"]]
+    assert sorted(ln.entry.index for ln in metered.attributed) == sorted(
+        ln.entry.index for ln in carried + superseded + recut)  # every line once, in one category
+    assert all(ln.category == "final" for ln in recut) and total(carried) > 0
+    assert sorted(e.index for e in first) == sorted(ln.entry.index for ln in carried + superseded)

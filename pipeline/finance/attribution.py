@@ -6,7 +6,8 @@ One rule set, used by `microdrama report`, `claims build` and claim packets, so 
   run). A stage output the final run took from the cache is attributed to the run that produced it (the
   usage record with the same `cache_key`, or for ledgers written before cache keys were recorded the latest
   earlier execution of the same stage and shot): its production lines count, once, as final. The cache
-  hit's own lines (the lookup) are final too.
+  hit's own lines (the lookup) are final too. A re-cut (`microdrama edit --timeline`) renders only the edit
+  stage: the stages of the run it re-cut (its base, MLflow tag `microdrama.base_run`) are final with it.
 * **superseded** — lines of finished runs whose outputs are not in the final cut (earlier iterations).
 * **failed** — lines of failed attempts (a usage record with status `failed`), in any run.
 * **stopped** — the other lines of runs that never finished (a budget stop, a failure elsewhere in the run,
@@ -102,11 +103,13 @@ def _producer(hit: Any, by_key: dict[str, dict], by_place: dict) -> dict | None:
 
 
 def attribute(drama: str, usages: list[Any], costs: list[Any], final_jobs: dict[str, str],
-              finished_jobs: set[str]) -> list[Line]:
+              finished_jobs: set[str], bases: dict[str, str] | None = None) -> list[Line]:
     """Every cost line of `drama` (ledger order) with its category.
 
     `usages`/`costs`: the ledger's usage and cost entries (any drama; filtered here); `final_jobs`: episode ->
-    run id of its final run; `finished_jobs`: run ids MLflow has a finished episode run of.
+    run id of its final run; `finished_jobs`: run ids MLflow has a finished episode run of; `bases`: run id ->
+    the run it re-cut (`microdrama edit --timeline` renders only the edit stage over an earlier run's shots:
+    that run's other stages are in the final episode too).
     """
     usages = [e for e in usages if e.body.get("drama") == drama]
     costs = [e for e in costs if e.body.get("drama") == drama]
@@ -123,6 +126,22 @@ def attribute(drama: str, usages: list[Any], costs: list[Any], final_jobs: dict[
             producer = _producer(entry, by_key, by_place)
             if producer is not None:
                 final.setdefault(producer.get("idempotency_key"), u["job"])
+    by_job: dict[str, list[Any]] = {}
+    for entry in usages:
+        by_job.setdefault(entry.body.get("job", ""), []).append(entry)
+    for job in finals:  # a re-cut's base runs: their stages the re-cut did not render again are in the cut
+        done, seen, base = {e.body.get("stage") for e in by_job.get(job, [])}, {job}, (bases or {}).get(job)
+        while base and base not in seen:
+            seen.add(base)
+            for entry in by_job.get(base, []):
+                u = entry.body
+                if u.get("stage") in done or u.get("status") == "failed":
+                    continue
+                final.setdefault(u.get("idempotency_key"), job)
+                if u.get("cache_hit") and (producer := _producer(entry, by_key, by_place)) is not None:
+                    final.setdefault(producer.get("idempotency_key"), job)
+            done |= {e.body.get("stage") for e in by_job.get(base, [])}
+            base = (bases or {}).get(base)
     out = []
     for entry in costs:
         c = entry.body

@@ -290,7 +290,8 @@ def meter_drama(drama: str, year: int | None, tracking_uri: str, ledger: Any,
     usages, costs = entries if entries is not None else ledger_entries(ledger)
     finals = {p.data.tags.get("episode", ""): p.data.tags.get("microdrama.run_id", "") for p in parents}
     finished = {job for job, r in known.items() if r.info.status == "FINISHED"}
-    lines = attribute(drama, usages, costs, finals, finished)
+    bases = {job: base for job, r in known.items() if (base := r.data.tags.get("microdrama.base_run"))}
+    lines = attribute(drama, usages, costs, finals, finished, bases)
     lines = _in_year(lines, year, set(finals.values()), {job: _run_time(r) for job, r in known.items()})
     children = _stage_runs(client, exp.experiment_id, {r.info.run_id for r in known.values()})
     size = ledger.size()

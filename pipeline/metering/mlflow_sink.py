@@ -127,6 +127,8 @@ def log_episode(*, tracking_uri: str, job: Any, manifest: dict[str, Any], usage:
     tags = {"company": job.company, "drama": job.drama, "episode": job.episode, "profile": job.profile,
             "microdrama.run_id": manifest["run_id"], "job_hash": manifest["job_hash"],
             "microdrama.kind": "episode", "total_cost_cny": str(total_cost)}
+    if (manifest.get("reedit") or {}).get("previous_run"):
+        tags["microdrama.base_run"] = manifest["reedit"]["previous_run"]  # a re-cut: finance counts its base
     if delayed_from:
         tags["microdrama.delayed_from"] = delayed_from  # logged late: MLflow was unreachable at run time
     if checkpoint:
