@@ -117,29 +117,28 @@ def attribute(drama: str, usages: list[Any], costs: list[Any], final_jobs: dict[
     by_key, by_place = _producers(usages)
     final: dict[str, str] = {}  # usage key -> the final run it is attributed to (counted once: first wins)
     finals = set(final_jobs.values())
-    for entry in usages:
+
+    def count(entry: Any, job: str) -> None:
+        """The execution is in `job`'s final cut, and so is the producer of an output it took from the cache."""
         u = entry.body
-        if u.get("job") not in finals or u.get("status") == "failed":
-            continue
-        final.setdefault(u.get("idempotency_key"), u["job"])
-        if u.get("cache_hit"):
-            producer = _producer(entry, by_key, by_place)
-            if producer is not None:
-                final.setdefault(producer.get("idempotency_key"), u["job"])
+        if u.get("status") == "failed":
+            return
+        final.setdefault(u.get("idempotency_key"), job)
+        if u.get("cache_hit") and (producer := _producer(entry, by_key, by_place)) is not None:
+            final.setdefault(producer.get("idempotency_key"), job)
+
     by_job: dict[str, list[Any]] = {}
     for entry in usages:
         by_job.setdefault(entry.body.get("job", ""), []).append(entry)
-    for job in finals:  # a re-cut's base runs: their stages the re-cut did not render again are in the cut
+        if entry.body.get("job") in finals:
+            count(entry, entry.body["job"])
+    for job in dict.fromkeys(final_jobs.values()):  # a re-cut's bases: the stages it did not render again
         done, seen, base = {e.body.get("stage") for e in by_job.get(job, [])}, {job}, (bases or {}).get(job)
         while base and base not in seen:
             seen.add(base)
             for entry in by_job.get(base, []):
-                u = entry.body
-                if u.get("stage") in done or u.get("status") == "failed":
-                    continue
-                final.setdefault(u.get("idempotency_key"), job)
-                if u.get("cache_hit") and (producer := _producer(entry, by_key, by_place)) is not None:
-                    final.setdefault(producer.get("idempotency_key"), job)
+                if entry.body.get("stage") not in done:
+                    count(entry, job)
             done |= {e.body.get("stage") for e in by_job.get(base, [])}
             base = (bases or {}).get(base)
     out = []
