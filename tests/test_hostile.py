@@ -152,6 +152,30 @@ def test_dates_stay_text_and_merge_keys_still_work() -> None:
     assert data == {"d": "2026-02-30", "base": {"x": 1}, "m": {"x": 2}}
 
 
+def test_cache_keys_and_the_tuner_read_the_screenplay_through_the_bounded_reader(tmp_path) -> None:
+    from pipeline.stages import StageCall
+    from pipeline.stages.script import ScriptStage
+    from pipeline.tuning import Tuner
+
+    job_path = write_job(tmp_path / "ep")
+    job = load_job(job_path)
+    tuner = Tuner(job_path, profile=None, workdir=tmp_path / "tune")
+    screenplay = tmp_path / "ep" / "episode.fountain"
+    good = ScriptStage(job).cache_key_parts(StageCall(None))
+    assert screenplay.read_text(encoding="utf-8") in good
+    screenplay.write_bytes(b"Title: t\n" + b"x" * (1 << 20))  # edited past the screenplay's size limit
+    for read in (lambda: ScriptStage(job).cache_key_parts(StageCall(None)), lambda: tuner.script_for(tuner.job)):
+        with pytest.raises(safe_io.InputError, match="screenplay.*1,048,576-byte limit"):
+            read()
+    screenplay.write_bytes("Title: t\n标题".encode("gb18030"))
+    with pytest.raises(safe_io.InputError, match="not UTF-8"):
+        ScriptStage(job).cache_key_parts(StageCall(None))
+    screenplay.unlink()
+    os.mkfifo(screenplay)  # a FIFO would block a plain read_text forever
+    with deadline(20), pytest.raises(safe_io.InputError, match="not a regular file"):
+        ScriptStage(job).cache_key_parts(StageCall(None))
+
+
 # ---------------------------------------------------------------- job files and overrides
 
 
@@ -272,6 +296,15 @@ def test_unreachable_services_exit_4_within_seconds(work) -> None:
                                            or "cannot connect" in res.output), (args, res.output)
         assert time.monotonic() - started < 30, args  # a short connect timeout, not MLflow's minutes of retries
     assert not (work / "out").exists()
+
+
+@pytest.mark.parametrize("url", ["postgresql://:abc/db", "postgresql://u:pw@:99999/db",
+                                 "postgresql+psycopg://u@:0x10/db"])
+def test_a_postgres_url_with_no_host_and_a_bad_port_is_bad_input_not_unreachable(work, url) -> None:
+    res = invoke("run", str(job_file(work, BASE)), f"cache_dir={work}/c", "--ledger", url)
+    one_line_error(res, 2, "--ledger postgresql://")
+    assert "Port" in res.output and "host:port" in res.output, res.output
+    assert "pw" not in res.output  # the password never reaches the message
 
 
 def test_corrupt_databases_and_bad_output_paths_are_one_line(work) -> None:
