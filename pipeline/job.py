@@ -423,7 +423,7 @@ def _delivery_problems(job: Job) -> list[str]:
             if err:
                 problems.append(err)
                 continue
-        elif not SLUG.match(name):
+        elif not SLUG.fullmatch(name):
             problems.append(f"delivery[{i}]: {name!r} is neither a preset name nor a .yaml file beside the job")
             continue
         try:
@@ -431,6 +431,23 @@ def _delivery_problems(job: Job) -> list[str]:
         except ValueError as exc:
             problems.append(f"delivery[{i}]: {exc}")
     return problems
+
+
+def _options_problems(section: str, settings: BackendSettings) -> list[str]:
+    """`stages.<section>.options` against the backend's declared schema (models/options.py): unknown keys,
+    numbers out of range, choices, URLs, text. A backend whose package is missing here is checked where it
+    runs (preflight names the package)."""
+    from models import options
+    from models.registry import BACKENDS, BackendError, resolve
+
+    stage = {"dub": "tts"}.get(section, section)  # the registry's stage of a settings section
+    if settings.backend not in BACKENDS.get(stage, {}):
+        return []  # named by validate()
+    try:
+        cls = resolve(stage, settings.backend)
+    except BackendError:
+        return []
+    return options.problems(section, settings.backend, cls, settings.options)
 
 
 def validate(job: Job) -> list[str]:
@@ -462,6 +479,8 @@ def validate(job: Job) -> list[str]:
         if name not in BACKENDS.get(reg, {}):
             problems.append(f"stages.{stage}.backend: unknown backend {name!r}; choose one of: "
                             f"{', '.join(sorted(BACKENDS.get(reg, {})))}")
+    for section, settings in job.stages.backends().items():
+        problems += _options_problems(section, settings)
     problems += _delivery_problems(job)
     dub_langs = job.stages.dub.languages or job.languages
     extra = [x for x in dub_langs if x not in job.languages]

@@ -46,6 +46,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from models import options
 from models.registry import resolve
 from pipeline.cache import digest
 from pipeline.job import Job, load_job
@@ -277,7 +278,7 @@ class Tuner:
             if self._backends.pop(stage, None) is not None:
                 _free_memory()
             cls = resolve(STAGES[stage][1], settings.backend)
-            self._backends[stage] = held = (key, cls(**settings.options))
+            self._backends[stage] = held = (key, options.construct(cls, settings.options))
         return held[1]
 
     # -- what was settled on

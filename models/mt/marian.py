@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from models import hub
+from models import hub, options as opt
 from models.mt import glossary as gl
 from models.registry import BackendResult
 
@@ -40,6 +40,23 @@ SPECS = {
 }
 
 
+def _placeholder(v: str) -> str:
+    if "{i}" not in v:
+        raise ValueError("must contain {i} (the glossary entry's number), e.g. [{i}]")
+    return v
+
+
+class Seq2SeqOptions(opt.WeightsOptions):
+    dtype: opt.Dtype = "float32"
+    num_beams: int | None = opt.Field(None, ge=1, le=16)  # default: the model's
+    max_new_tokens: int = opt.Field(256, ge=1, le=4096)
+    batch_size: int = opt.Field(16, ge=1, le=1024)
+    lang_codes: dict[opt.Lang, opt.Annotated[str, opt.Field(pattern=r"^[a-z]{3}_[A-Z][a-z]{3}$")]] | None = \
+        opt.Field(None, max_length=200)  # NLLB: language → FLORES code, e.g. {yue: yue_Hant}
+    placeholder: opt.Annotated[opt.Text, opt.Field(min_length=3, max_length=40),
+                               opt.AfterValidator(_placeholder)] = gl.PLACEHOLDER
+
+
 class Seq2SeqTranslate:
     """Batch translation through a resident seq2seq model and its tokenizer.
 
@@ -48,6 +65,7 @@ class Seq2SeqTranslate:
     ``tiny_seed`` (weights seed of marian-tiny).
     """
 
+    Options = Seq2SeqOptions
     spec: MTSpec = SPECS["marian-tiny"]
     resident = True
     num_gpus = 0
