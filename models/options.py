@@ -207,12 +207,13 @@ def validated(cls: type, options: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"{cls.__name__} declares no options; got {sorted(options)}")
         return {}
     parsed = model.model_validate(options)
-    return {key: _plain(getattr(parsed, key)) for key in parsed.model_fields_set}
+    # an option written as null means the backend's own default, as if it were left out
+    return {key: _plain(getattr(parsed, key)) for key in parsed.model_fields_set if getattr(parsed, key) is not None}
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, BaseModel):
-        return {k: _plain(getattr(value, k)) for k in value.model_fields_set}
+        return {k: _plain(getattr(value, k)) for k in value.model_fields_set if getattr(value, k) is not None}
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -108,7 +108,7 @@ def preflight(job: Job) -> list[str]:
             options.construct(resolve(section, settings.backend), settings.options)
         except UserError as exc:
             problems += [secrets.redact(p) for p in exc.problems]
-        except (TypeError, ValueError, ModuleNotFoundError) as exc:
+        except (TypeError, ValueError, ModuleNotFoundError, OSError) as exc:  # OSError: a font or executable not found
             problems.append(secrets.redact(f"stages.{section}: backend {settings.backend!r}: {exc}"))
     from pipeline.finance.plan import preflight_prices
 

@@ -440,6 +440,74 @@ def test_any_job_file_that_validates_can_be_rendered(work, fields) -> None:
         assert_renderable(load_job(path, [f"cache_dir={work / 'cache'}"]))
 
 
+# backends whose construction is cheap here (no weights to find): the fuzz builds each accepted one
+FUZZ_BACKENDS = [("script", "fountain"), ("script", "openai-api"), ("script", "llm-tiny"),
+                 ("storyboard", "procedural"), ("storyboard", "wan-t2i-api"), ("storyboard", "seedream-api"),
+                 ("storyboard", "flux-tiny"), ("video", "camera-move"), ("video", "wan-api"),
+                 ("video", "seedance-api"), ("video", "kling-api"), ("video", "wan-tiny"), ("tts", "espeak-ng"),
+                 ("tts", "qwen-tts-api"), ("tts", "vits-tiny"), ("tts", "piper"), ("translate", "none"),
+                 ("translate", "llm-api"), ("translate", "marian-tiny")]
+OPTION_VALUES = st.one_of(VALUES, st.sampled_from(["https://api.example.com/v1", "ftp://x", "https://:9x/", "720p",
+                                                   "4k", "std", "i2v", "fp8", "int4", "cuda:1", "auto", "float16",
+                                                   "DASHSCOPE_API_KEY", "sk-live-123", "[{i}]", "720*1280", "top"]),
+                          st.dictionaries(st.sampled_from(["kind", "path", "scale", "en", "zh", "mode", "x"]),
+                                          VALUES, max_size=2), st.lists(VALUES, max_size=2))
+
+
+@st.composite
+def backend_options(draw):
+    from models import options
+    from models.registry import resolve
+
+    section, name = draw(st.sampled_from(FUZZ_BACKENDS))
+    fields = list(options.options_model(resolve(section, name)).model_fields)
+    keys = st.sampled_from([*fields, "bogus", "steps", "api_key", "model"])
+    return section, name, draw(st.dictionaries(keys, OPTION_VALUES, max_size=4))
+
+
+@settings(FUZZ, max_examples=200)
+@given(picked=backend_options())
+def test_any_backend_options_validate_or_are_refused_and_what_passes_builds(work, picked) -> None:
+    """Options through the schema: refused with a line naming stages.<stage>.options (exit 2), or accepted
+    and then the backend is built from them without an error the schema should have caught (a TypeError for
+    an option the constructor does not take, an AttributeError, a KeyError)."""
+    from models import options
+    from models.registry import resolve
+    from pipeline.errors import UserError
+
+    section, name, opts = picked
+    body = {"drama": "d", "episode": "e1", "screenplay": "ep.fountain",
+            "stages": {section: {"backend": name, "options": opts}}}
+    path = work / "fuzz-options.yaml"
+    path.write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
+    try:
+        with deadline():
+            job = load_job(path, [f"cache_dir={work / 'cache'}"])
+    except JobError as exc:
+        assert "Traceback" not in str(exc) and "sk-live-123" not in str(exc)
+        return
+    settings_ = job.stages.backends()[section]
+    kwargs = options.validated(resolve(section, name), settings_.options)
+    assert set(kwargs) <= set(settings_.options) and None not in kwargs.values()
+    try:
+        options.construct(resolve(section, name), settings_.options)
+    except (UserError, ValueError, OSError):  # a missing key, font, weights or a cross-field rule: preflight's
+        pass
+
+
+@settings(FUZZ, max_examples=25)
+@given(picked=backend_options())
+def test_cli_validate_of_any_backend_options_exits_0_or_2(work, picked) -> None:
+    section, name, opts = picked
+    body = {"drama": "d", "episode": "e1", "screenplay": "ep.fountain",
+            "stages": {section: {"backend": name, "options": opts}}}
+    path = work / "fuzz-options-cli.yaml"
+    path.write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
+    res = invoke("validate", str(path), f"cache_dir={work / 'cache'}")
+    assert res.exit_code in (0, 2), res.output
+    assert "sk-live-123" not in res.output
+
+
 DRAMA_FIELDS = st.dictionaries(st.sampled_from(["id", "launched", "produced_in", "costs", "orientation", "episodes",
                                                 "colour"]), VALUES, max_size=4)
 
