@@ -207,6 +207,28 @@ def test_job_values_run_could_not_render_are_refused_by_validate(work, body, nee
         one_line_error(res, 2, needle)
 
 
+@pytest.mark.parametrize("extra, needle", [
+    ("languages: [zh, en]\n", "1 of 1 line(s) have no 'en' text and stages.translate.backend 'none' does not "
+                              "machine-translate"),
+    ("languages: [zh, en]\nstages: {translate: {backend: opus-mt-en-zh}}\n", "'opus-mt-en-zh' translates en→zh only, "
+                                                                           "not zh→en"),
+    ("languages: [zh, xx]\nstages: {translate: {backend: nllb-600m}}\n", "'nllb-600m' has no FLORES-200 code for "
+                                                                       "['xx']"),
+    ("languages: [zh, xx]\nstages: {translate: {backend: nllb-600m, options: {lang_codes: {xx: xxx_Latn}}}}\n", None),
+    ("languages: [zh, en]\nstages: {translate: {backend: opus-mt-zh-en}}\n", None),
+    ("languages: [zh, en]\nstages: {translate: {backend: marian-tiny}}\n", None),
+])
+def test_languages_the_screenplay_and_translate_backend_cannot_supply_are_refused(work, extra, needle) -> None:
+    from pipeline.stages.script import read_source
+
+    job = load_job(job_file(work, BASE + extra), [f"cache_dir={work / 'cache'}"])
+    if needle is None:
+        assert read_source(job).language == "zh"
+    else:
+        with pytest.raises(JobError, match=re.escape(needle)):
+            read_source(job)
+
+
 def test_screenplay_linked_to_itself_or_to_a_device(work) -> None:
     for name in ("self.fountain", "zero.fountain", "fifo.fountain"):
         (work / name).unlink(missing_ok=True)

@@ -105,16 +105,26 @@ class Seq2SeqTranslate:
             self.loads += 1
         return self._loaded
 
-    def check_pair(self, src: str, tgt: str) -> None:
-        s = self.spec
+    @classmethod
+    def pair_problem(cls, src: str, tgt: str, options: dict[str, Any]) -> str | None:
+        """Why this backend cannot translate src → tgt with these options (None: it can). Asked by validate
+        (pipeline.stages.translate.supply_problems) before any work, and again at the call."""
+        s = cls.spec
         if s.pairs and (src, tgt) not in s.pairs:
-            raise ValueError(f"translate {s.name}: translates {', '.join(f'{a}→{b}' for a, b in s.pairs)} only, "
-                             f"not {src}→{tgt}; pick a model for that pair (e.g. nllb-600m or llm-api)")
+            return (f"translates {', '.join(f'{a}→{b}' for a, b in s.pairs)} only, not {src}→{tgt}; pick a model "
+                    f"for that pair (e.g. nllb-600m or llm-api) or drop the language")
         if s.family == "nllb":
-            missing = [x for x in (src, tgt) if x not in self.codes]
+            codes = {**NLLB_CODES, **(options.get("lang_codes") or {})}
+            missing = [x for x in (src, tgt) if x not in codes]
             if missing:
-                raise ValueError(f"translate {s.name}: no FLORES-200 code for {missing}; add "
-                                 f"stages.translate.options.lang_codes, e.g. {{{missing[0]}: xxx_Latn}}")
+                return (f"has no FLORES-200 code for {missing}; add stages.translate.options.lang_codes, "
+                        f"e.g. {{{missing[0]}: xxx_Latn}}")
+        return None
+
+    def check_pair(self, src: str, tgt: str) -> None:
+        problem = self.pair_problem(src, tgt, {"lang_codes": self.codes})
+        if problem:
+            raise ValueError(f"translate {self.spec.name}: {problem}")
 
     def _run(self, texts: list[str], src: str, tgt: str) -> list[str]:
         import torch
