@@ -138,6 +138,23 @@ class EditSettings(_Frozen):
             raise ValueError("must not be blank: the visible AI label is required (GB 45438-2025)")
         return _plain_text(v)
 
+    @field_validator("label_text")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        """The visible label must be seen and say what it is: no invisible (zero-width, bidi) characters, no
+        drawtext expansion (`%{…}`, a backslash) that would print something else, and it names AI."""
+        hidden = sorted({f"U+{ord(c):04X}" for c in v if unicodedata.category(c) in ("Cf", "Co", "Cs", "Cn")})
+        if hidden:
+            raise ValueError(f"must not contain invisible characters ({', '.join(hidden[:4])}); the visible AI "
+                             "label is required (GB 45438-2025)")
+        if "%" in v or "\\" in v:
+            raise ValueError("must not contain % or a backslash (ffmpeg drawtext would expand them); write the "
+                             "label as plain text, e.g. AI生成")
+        if not re.search(r"(?<![A-Za-z])AI(?![a-z])|人工智能|人工智慧", v):  # AI生成, AIGC, AI-generated
+            raise ValueError("must say the episode is AI-generated (GB 45438-2025), e.g. AI生成, 人工智能生成 or "
+                             "AI-generated")
+        return v
+
 
 class Stages(_Frozen):
     script: ScriptSettings = ScriptSettings()
