@@ -1,7 +1,8 @@
 """The call shapes each stage expects of its backends (structural protocols, no shared implementation).
 
-A backend class is constructed once with the profile's options for it (``Backend(**options)``) and then
-called for many shots. Backends that hold model weights set ``resident = True`` and are hosted in a Ray
+A backend class declares ``Options``, the pydantic schema of its ``stages.<stage>.options`` (models/options.py;
+`validate` checks jobs against it), and is constructed once from the options that schema parsed
+(``models.options.construct(Backend, options)``, i.e. ``Backend(**validated)``), then called for many shots. Backends that hold model weights set ``resident = True`` and are hosted in a Ray
 actor by the orchestrator; ``num_gpus`` says what that actor asks Ray for. Every call returns a
 ``models.registry.BackendResult`` whose ``ai_usage`` the meter records and whose ``params`` go to MLflow.
 """

@@ -181,7 +181,7 @@ def note_kind(body: str, languages: frozenset[str] = frozenset()) -> tuple[str, 
 
 def is_language(code: str) -> bool:
     """A lower-case BCP-47-style code whose base is an ISO 639-1 code (or a common 3-letter one)."""
-    m = LANG_CODE.match(code)
+    m = LANG_CODE.fullmatch(code)
     return bool(m) and m.group(1) in ISO_639_1
 
 

@@ -138,6 +138,23 @@ class EditSettings(_Frozen):
             raise ValueError("must not be blank: the visible AI label is required (GB 45438-2025)")
         return _plain_text(v)
 
+    @field_validator("label_text")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        """The visible label must be seen and say what it is: no invisible (zero-width, bidi) characters, no
+        drawtext expansion (`%{…}`, a backslash) that would print something else, and it names AI."""
+        hidden = sorted({f"U+{ord(c):04X}" for c in v if unicodedata.category(c) in ("Cf", "Co", "Cs", "Cn")})
+        if hidden:
+            raise ValueError(f"must not contain invisible characters ({', '.join(hidden[:4])}); the visible AI "
+                             "label is required (GB 45438-2025)")
+        if "%" in v or "\\" in v:
+            raise ValueError("must not contain % or a backslash (ffmpeg drawtext would expand them); write the "
+                             "label as plain text, e.g. AI生成")
+        if not re.search(r"(?<![A-Za-z])AI(?![a-z])|人工智能|人工智慧", v):  # AI生成, AIGC, AI-generated
+            raise ValueError("must say the episode is AI-generated (GB 45438-2025), e.g. AI生成, 人工智能生成 or "
+                             "AI-generated")
+        return v
+
 
 class Stages(_Frozen):
     script: ScriptSettings = ScriptSettings()
@@ -423,7 +440,7 @@ def _delivery_problems(job: Job) -> list[str]:
             if err:
                 problems.append(err)
                 continue
-        elif not SLUG.match(name):
+        elif not SLUG.fullmatch(name):
             problems.append(f"delivery[{i}]: {name!r} is neither a preset name nor a .yaml file beside the job")
             continue
         try:
@@ -431,6 +448,23 @@ def _delivery_problems(job: Job) -> list[str]:
         except ValueError as exc:
             problems.append(f"delivery[{i}]: {exc}")
     return problems
+
+
+def _options_problems(section: str, settings: BackendSettings) -> list[str]:
+    """`stages.<section>.options` against the backend's declared schema (models/options.py): unknown keys,
+    numbers out of range, choices, URLs, text. A backend whose package is missing here is checked where it
+    runs (preflight names the package)."""
+    from models import options
+    from models.registry import BACKENDS, BackendError, resolve
+
+    stage = {"dub": "tts"}.get(section, section)  # the registry's stage of a settings section
+    if settings.backend not in BACKENDS.get(stage, {}):
+        return []  # named by validate()
+    try:
+        cls = resolve(stage, settings.backend)
+    except BackendError:
+        return []
+    return options.problems(section, settings.backend, cls, settings.options)
 
 
 def validate(job: Job) -> list[str]:
@@ -462,6 +496,8 @@ def validate(job: Job) -> list[str]:
         if name not in BACKENDS.get(reg, {}):
             problems.append(f"stages.{stage}.backend: unknown backend {name!r}; choose one of: "
                             f"{', '.join(sorted(BACKENDS.get(reg, {})))}")
+    for section, settings in job.stages.backends().items():
+        problems += _options_problems(section, settings)
     problems += _delivery_problems(job)
     dub_langs = job.stages.dub.languages or job.languages
     extra = [x for x in dub_langs if x not in job.languages]

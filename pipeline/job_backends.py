@@ -40,6 +40,15 @@ def screenplay_path(job: Job) -> Path:
     return (job.job_dir / job.screenplay).resolve()
 
 
+def screenplay_text(job: Job) -> str:
+    """The job's `screenplay:` file as text, through the one bounded reader (regular file, the screenplay
+    size limit, UTF-8): what cache keys and the tuning session digest. An InputError (exit 2) otherwise."""
+    from pipeline import safe_io
+    from pipeline.screenplay import MAX_BYTES
+
+    return safe_io.read_text(screenplay_path(job), "screenplay", max_bytes=MAX_BYTES)
+
+
 def is_writer(cls: type) -> bool:
     """A script backend that writes the screenplay (an LLM) rather than reading the writer's file."""
     return hasattr(cls, "write") and not hasattr(cls, "reads_file")

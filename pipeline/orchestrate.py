@@ -24,6 +24,7 @@ from typing import Any
 
 import ray
 
+from models import options
 from models.registry import BACKENDS, register, resolve
 from pipeline import secrets
 from pipeline.cache import Cache, digest, file_digest
@@ -86,7 +87,7 @@ def make_backend(job: Job, stage: str) -> Any:
     key = digest(stage, settings.backend, settings.options)
     if key not in _LOCAL_BACKENDS:
         cls = resolve(STAGES[stage][1], settings.backend)
-        _LOCAL_BACKENDS[key] = cls(**settings.options)
+        _LOCAL_BACKENDS[key] = options.construct(cls, settings.options)  # through the validated schema
     return _LOCAL_BACKENDS[key]
 
 
@@ -104,10 +105,10 @@ def preflight(job: Job) -> list[str]:
             continue
         section = STAGES[stage][1]
         try:
-            resolve(section, settings.backend)(**settings.options)
+            options.construct(resolve(section, settings.backend), settings.options)
         except UserError as exc:
             problems += [secrets.redact(p) for p in exc.problems]
-        except (TypeError, ValueError, ModuleNotFoundError) as exc:
+        except (TypeError, ValueError, ModuleNotFoundError, OSError) as exc:  # OSError: a font or executable not found
             problems.append(secrets.redact(f"stages.{section}: backend {settings.backend!r}: {exc}"))
     from pipeline.finance.plan import preflight_prices
 

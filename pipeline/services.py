@@ -94,7 +94,12 @@ def check_ledger_url(url: str, flag: str = "--ledger", *, must_exist: bool = Fal
 
 def _check_postgres(url: str, flag: str) -> None:
     url = url.replace("postgresql+psycopg://", "postgresql://", 1)
-    if parse_qs(urlsplit(url).query).get("host") or not urlsplit(url).hostname:
+    try:  # the port is checked before the socket shortcut: `postgresql://:abc/db` is bad input, not a socket
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError as exc:
+        raise UserError(f"{flag} {_safe(url)}: {exc}; write host:port, e.g. localhost:5432") from None
+    if parse_qs(parts.query).get("host") or not parts.hostname:
         return  # a Unix socket (or hosts given as parameters): psycopg's own connect_timeout bounds it
     hostname, port = _host_port(url, flag, 5432)
     check_tcp(hostname, port, f"{flag} {_safe(url)}")

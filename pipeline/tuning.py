@@ -46,9 +46,11 @@ from typing import Any, Sequence
 
 import yaml
 
+from models import options
 from models.registry import resolve
 from pipeline.cache import digest
 from pipeline.job import Job, load_job
+from pipeline.job_backends import screenplay_text
 from pipeline.orchestrate import STAGES, RunInfo, backend_settings, execute
 from pipeline.script import Script, Shot
 from pipeline.stages import StageCall
@@ -206,7 +208,7 @@ class Tuner:
 
     def script_for(self, job: Job) -> Script:
         """Run the script and translate stages once per script-relevant settings (cached and metered)."""
-        text = (job.job_dir / job.screenplay).read_text(encoding="utf-8")  # an edited screenplay is re-parsed
+        text = screenplay_text(job)  # an edited screenplay is re-parsed; read through the bounded reader
         key = digest(job.stages.script, job.stages.translate, job.languages, job.seed, text)
         if key not in self._scripts:
             parsed = self._execute(job, "script", StageCall(None))
@@ -276,7 +278,7 @@ class Tuner:
             if self._backends.pop(stage, None) is not None:
                 _free_memory()
             cls = resolve(STAGES[stage][1], settings.backend)
-            self._backends[stage] = held = (key, cls(**settings.options))
+            self._backends[stage] = held = (key, options.construct(cls, settings.options))
         return held[1]
 
     # -- what was settled on

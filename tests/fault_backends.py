@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from models import options as opt
 from models.registry import BackendResult, register
-from models.image.procedural import ProceduralStoryboard
-from models.video.camera import CameraMoveVideo
+from models.image.procedural import ProceduralOptions, ProceduralStoryboard
+from models.video.camera import CameraMoveOptions, CameraMoveVideo
 
 log = logging.getLogger("microdrama.tests.leaky")
 
@@ -32,6 +33,9 @@ def _first_time(marker: str) -> bool:
 
 class KillOnceVideo(CameraMoveVideo):
     """Camera-move video whose first call SIGKILLs its own worker process mid-stage."""
+
+    class Options(CameraMoveOptions):
+        marker: opt.FilePath
 
     resident = False
 
@@ -68,6 +72,10 @@ class SlowVideo(CameraMoveVideo):
     """Camera-move video that takes `delay_s` longer (room for a test to kill the driver mid-episode); with
     `stagger`, shot n takes n × delay_s, so when one shot finishes the next is still half-way."""
 
+    class Options(CameraMoveOptions):
+        delay_s: float = opt.Field(2.0, ge=0, le=600)
+        stagger: bool = False
+
     resident = False
 
     def __init__(self, *, delay_s: float = 2.0, stagger: bool = False, **options: Any) -> None:
@@ -81,6 +89,12 @@ class SlowVideo(CameraMoveVideo):
 
 class LeakyStoryboard(ProceduralStoryboard):
     """A careless API backend: logs its key, fails once with the key in the error, returns it in params."""
+
+    class Options(ProceduralOptions):
+        marker: opt.FilePath
+        api_key_env: str = ""
+        secrets_file: str = ""
+        api_key_name: str = ""
 
     resident = False
 

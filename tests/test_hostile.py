@@ -152,6 +152,30 @@ def test_dates_stay_text_and_merge_keys_still_work() -> None:
     assert data == {"d": "2026-02-30", "base": {"x": 1}, "m": {"x": 2}}
 
 
+def test_cache_keys_and_the_tuner_read_the_screenplay_through_the_bounded_reader(tmp_path) -> None:
+    from pipeline.stages import StageCall
+    from pipeline.stages.script import ScriptStage
+    from pipeline.tuning import Tuner
+
+    job_path = write_job(tmp_path / "ep")
+    job = load_job(job_path)
+    tuner = Tuner(job_path, profile=None, workdir=tmp_path / "tune")
+    screenplay = tmp_path / "ep" / "episode.fountain"
+    good = ScriptStage(job).cache_key_parts(StageCall(None))
+    assert screenplay.read_text(encoding="utf-8") in good
+    screenplay.write_bytes(b"Title: t\n" + b"x" * (1 << 20))  # edited past the screenplay's size limit
+    for read in (lambda: ScriptStage(job).cache_key_parts(StageCall(None)), lambda: tuner.script_for(tuner.job)):
+        with pytest.raises(safe_io.InputError, match="screenplay.*1,048,576-byte limit"):
+            read()
+    screenplay.write_bytes("Title: t\n标题".encode("gb18030"))
+    with pytest.raises(safe_io.InputError, match="not UTF-8"):
+        ScriptStage(job).cache_key_parts(StageCall(None))
+    screenplay.unlink()
+    os.mkfifo(screenplay)  # a FIFO would block a plain read_text forever
+    with deadline(20), pytest.raises(safe_io.InputError, match="not a regular file"):
+        ScriptStage(job).cache_key_parts(StageCall(None))
+
+
 # ---------------------------------------------------------------- job files and overrides
 
 
@@ -170,6 +194,16 @@ def test_dates_stay_text_and_merge_keys_still_work() -> None:
     (BASE + "stages: {edit: {audio_bitrate: 9000k}}\n", "stages.edit.audio_bitrate"),
     (BASE + "stages: {edit: {label_text: ''}}\n", "stages.edit.label_text"),
     (BASE + "stages: {edit: {label_text: '   '}}\n", "stages.edit.label_text: must not be blank"),
+    (BASE + "stages: {edit: {label_text: \"\\u200b\"}}\n", "stages.edit.label_text: must not contain invisible"),
+    (BASE + "stages: {edit: {label_text: \"AI\\u2066生成\"}}\n", "stages.edit.label_text: must not contain invisible"),
+    (BASE + "stages: {edit: {label_text: '%{pts}'}}\n", "stages.edit.label_text: must not contain %"),
+    (BASE + "stages: {edit: {label_text: 'Hello'}}\n", "stages.edit.label_text: must say the episode is AI-generated"),
+    (BASE + "stages: {edit: {label_text: 'Detail'}}\n", "stages.edit.label_text: must say the episode is AI-generated"),
+    (BASE + "stages: {edit: {label_text: '人工智能生成'}}\n", None),
+    (BASE + "stages: {edit: {label_text: 'AI-generated'}}\n", None),
+    (BASE + "stages: {edit: {label_seconds: 0}}\n", "stages.edit.label_seconds"),
+    (BASE + "stages: {edit: {label_text: null}}\n", "stages.edit.label_text"),
+    (BASE + 'delivery: ["douyin\\n"]\n', "delivery[0]: 'douyin\\n' is neither a preset name"),
     (BASE + "stages: {video: {num_gpus: .inf}}\n", "stages.video.num_gpus"),
     (BASE + "languages: [zh, ko]\n", "languages: 1 of 1 line(s) have no 'ko' text"),
     (BASE + "languages: [en, zh]\n", "the screenplay is written in 'zh'"),
@@ -181,6 +215,28 @@ def test_job_values_run_could_not_render_are_refused_by_validate(work, body, nee
         assert res.exit_code == 0, res.output
     else:
         one_line_error(res, 2, needle)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ("languages: [zh, en]\n", "1 of 1 line(s) have no 'en' text and stages.translate.backend 'none' does not "
+                              "machine-translate"),
+    ("languages: [zh, en]\nstages: {translate: {backend: opus-mt-en-zh}}\n", "'opus-mt-en-zh' translates en→zh only, "
+                                                                           "not zh→en"),
+    ("languages: [zh, xx]\nstages: {translate: {backend: nllb-600m}}\n", "'nllb-600m' has no FLORES-200 code for "
+                                                                       "['xx']"),
+    ("languages: [zh, xx]\nstages: {translate: {backend: nllb-600m, options: {lang_codes: {xx: xxx_Latn}}}}\n", None),
+    ("languages: [zh, en]\nstages: {translate: {backend: opus-mt-zh-en}}\n", None),
+    ("languages: [zh, en]\nstages: {translate: {backend: marian-tiny}}\n", None),
+])
+def test_languages_the_screenplay_and_translate_backend_cannot_supply_are_refused(work, extra, needle) -> None:
+    from pipeline.stages.script import read_source
+
+    job = load_job(job_file(work, BASE + extra), [f"cache_dir={work / 'cache'}"])
+    if needle is None:
+        assert read_source(job).language == "zh"
+    else:
+        with pytest.raises(JobError, match=re.escape(needle)):
+            read_source(job)
 
 
 def test_screenplay_linked_to_itself_or_to_a_device(work) -> None:
@@ -272,6 +328,15 @@ def test_unreachable_services_exit_4_within_seconds(work) -> None:
                                            or "cannot connect" in res.output), (args, res.output)
         assert time.monotonic() - started < 30, args  # a short connect timeout, not MLflow's minutes of retries
     assert not (work / "out").exists()
+
+
+@pytest.mark.parametrize("url", ["postgresql://:abc/db", "postgresql://u:pw@:99999/db",
+                                 "postgresql+psycopg://u@:0x10/db"])
+def test_a_postgres_url_with_no_host_and_a_bad_port_is_bad_input_not_unreachable(work, url) -> None:
+    res = invoke("run", str(job_file(work, BASE)), f"cache_dir={work}/c", "--ledger", url)
+    one_line_error(res, 2, "--ledger postgresql://")
+    assert "Port" in res.output and "host:port" in res.output, res.output
+    assert "pw" not in res.output  # the password never reaches the message
 
 
 def test_corrupt_databases_and_bad_output_paths_are_one_line(work) -> None:
@@ -405,6 +470,74 @@ def test_any_job_file_that_validates_can_be_rendered(work, fields) -> None:
     assert res.exit_code in (0, 2), res.output
     if res.exit_code == 0:
         assert_renderable(load_job(path, [f"cache_dir={work / 'cache'}"]))
+
+
+# backends whose construction is cheap here (no weights to find): the fuzz builds each accepted one
+FUZZ_BACKENDS = [("script", "fountain"), ("script", "openai-api"), ("script", "llm-tiny"),
+                 ("storyboard", "procedural"), ("storyboard", "wan-t2i-api"), ("storyboard", "seedream-api"),
+                 ("storyboard", "flux-tiny"), ("video", "camera-move"), ("video", "wan-api"),
+                 ("video", "seedance-api"), ("video", "kling-api"), ("video", "wan-tiny"), ("tts", "espeak-ng"),
+                 ("tts", "qwen-tts-api"), ("tts", "vits-tiny"), ("tts", "piper"), ("translate", "none"),
+                 ("translate", "llm-api"), ("translate", "marian-tiny")]
+OPTION_VALUES = st.one_of(VALUES, st.sampled_from(["https://api.example.com/v1", "ftp://x", "https://:9x/", "720p",
+                                                   "4k", "std", "i2v", "fp8", "int4", "cuda:1", "auto", "float16",
+                                                   "DASHSCOPE_API_KEY", "sk-live-123", "[{i}]", "720*1280", "top"]),
+                          st.dictionaries(st.sampled_from(["kind", "path", "scale", "en", "zh", "mode", "x"]),
+                                          VALUES, max_size=2), st.lists(VALUES, max_size=2))
+
+
+@st.composite
+def backend_options(draw):
+    from models import options
+    from models.registry import resolve
+
+    section, name = draw(st.sampled_from(FUZZ_BACKENDS))
+    fields = list(options.options_model(resolve(section, name)).model_fields)
+    keys = st.sampled_from([*fields, "bogus", "steps", "api_key", "model"])
+    return section, name, draw(st.dictionaries(keys, OPTION_VALUES, max_size=4))
+
+
+@settings(FUZZ, max_examples=200)
+@given(picked=backend_options())
+def test_any_backend_options_validate_or_are_refused_and_what_passes_builds(work, picked) -> None:
+    """Options through the schema: refused with a line naming stages.<stage>.options (exit 2), or accepted
+    and then the backend is built from them without an error the schema should have caught (a TypeError for
+    an option the constructor does not take, an AttributeError, a KeyError)."""
+    from models import options
+    from models.registry import resolve
+    from pipeline.errors import UserError
+
+    section, name, opts = picked
+    body = {"drama": "d", "episode": "e1", "screenplay": "ep.fountain",
+            "stages": {section: {"backend": name, "options": opts}}}
+    path = work / "fuzz-options.yaml"
+    path.write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
+    try:
+        with deadline():
+            job = load_job(path, [f"cache_dir={work / 'cache'}"])
+    except JobError as exc:
+        assert "Traceback" not in str(exc) and "sk-live-123" not in str(exc)
+        return
+    settings_ = job.stages.backends()[section]
+    kwargs = options.validated(resolve(section, name), settings_.options)
+    assert set(kwargs) <= set(settings_.options) and None not in kwargs.values()
+    try:
+        options.construct(resolve(section, name), settings_.options)
+    except (UserError, ValueError, OSError):  # a missing key, font, weights or a cross-field rule: preflight's
+        pass
+
+
+@settings(FUZZ, max_examples=25)
+@given(picked=backend_options())
+def test_cli_validate_of_any_backend_options_exits_0_or_2(work, picked) -> None:
+    section, name, opts = picked
+    body = {"drama": "d", "episode": "e1", "screenplay": "ep.fountain",
+            "stages": {section: {"backend": name, "options": opts}}}
+    path = work / "fuzz-options-cli.yaml"
+    path.write_text(yaml.safe_dump(body, allow_unicode=True), encoding="utf-8")
+    res = invoke("validate", str(path), f"cache_dir={work / 'cache'}")
+    assert res.exit_code in (0, 2), res.output
+    assert "sk-live-123" not in res.output
 
 
 DRAMA_FIELDS = st.dictionaries(st.sampled_from(["id", "launched", "produced_in", "costs", "orientation", "episodes",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models import hub
+from models import hub, options as opt
 from models.registry import BackendResult
 from pipeline.script import Script, Shot
 
@@ -79,6 +79,17 @@ def check_size(width: int, height: int, who: str) -> None:
                          f"use e.g. 144x256, 480x832 or 720x1280 (stages.storyboard.width/height)")
 
 
+class KeyframeOptions(opt.WeightsOptions):
+    dtype: opt.Dtype | None = None  # default: the model's
+    steps: int | None = opt.Field(None, ge=1, le=200)  # default: the model's
+    guidance: float | None = opt.Field(None, ge=0, le=30)
+    style: opt.Text = "vertical 9:16 cinematic film still, micro-drama, dramatic lighting"
+    negative_prompt: opt.Text = NEGATIVE
+    characters: opt.Characters | None = None  # name → reference prompt
+    character_seeds: dict[opt.Name, opt.Seed] | None = opt.Field(None, max_length=200)
+    cpu_offload: bool = False
+
+
 class DiffusersKeyframes:
     """Text-to-image keyframes through a diffusers pipeline kept resident after the first call.
 
@@ -90,6 +101,7 @@ class DiffusersKeyframes:
     ``tiny_seed`` (weights seed of the tiny model).
     """
 
+    Options = KeyframeOptions
     spec: ImageSpec = SPECS["flux-tiny"]
     resident = True
     num_gpus = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from models import options as opt
 from models.image.diffusers_t2i import keyframe_prompt
 from models.providers import Limits
 from models.providers.flow import Polled, run_task
@@ -56,11 +57,30 @@ def _finish(done: Any, shot: Shot, out_path: Path, expect: tuple[int, int], widt
     return BackendResult(outputs={"image": str(out_path)}, ai_usage=tuple(done.usage), params={**params, **facts})
 
 
+Size = opt.Annotated[str, opt.Field(pattern=r"^[1-9][0-9]{2,3}[*x][1-9][0-9]{2,3}$")]  # e.g. 720*1280
+
+
+class WanApiImageOptions(opt.TaskOptions):
+    model: opt.ModelId = "wan2.2-t2i-flash"
+    size: Size | None = None  # default: the stage's width×height
+    style: opt.Text = STYLE
+    negative_prompt: opt.Text = ""
+    characters: opt.Characters | None = None
+
+
+class SeedreamApiImageOptions(opt.TaskOptions):
+    model: opt.ModelId = "doubao-seedream-3-0-t2i-250415"
+    size: Size | None = None
+    style: opt.Text = STYLE
+    characters: opt.Characters | None = None
+
+
 class WanApiImage:
     """Options: ``model`` (default wan2.2-t2i-flash; qwen-image also works), ``size`` ("720*1280"; default
     the stage's width×height), ``style``, ``negative_prompt``, ``characters``, key options (DASHSCOPE_API_KEY).
     Billed per image (usage.image_count) as item "<model>"."""
 
+    Options = WanApiImageOptions
     resident = False
     num_gpus = 0
 
@@ -115,6 +135,7 @@ class SeedreamApiImage:
     width×height), ``style``, ``characters``, key options (ARK_API_KEY). A synchronous call billed per
     generated image (usage.generated_images) as item "<model>"."""
 
+    Options = SeedreamApiImageOptions
     resident = False
     num_gpus = 0
 

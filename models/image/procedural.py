@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from models import options as opt
 from models.image import sketch
 from models.registry import BackendResult
 from pipeline.script import Script, Shot
@@ -33,6 +34,15 @@ def find_font(family: str = _FONT_FAMILY, style: str = "Regular") -> tuple[str, 
     return path, int(index or 0)
 
 
+class ProceduralOptions(opt.BackendOptions):
+    font: opt.FilePath | None = None  # a font file (default Noto Sans CJK SC via fc-match)
+    bold_font: opt.FilePath | None = None
+    font_index: int = opt.Field(0, ge=0, le=255)  # the face in a .ttc
+    supersample: opt.Literal[1, 2, 3, 4] = 2
+    caption: opt.Literal["top", "bottom", "none"] = "top"
+    header: bool = True
+
+
 class ProceduralStoryboard:
     """Draws set, figures, header (scene heading, shot id, framing/camera) and an action caption.
 
@@ -42,6 +52,7 @@ class ProceduralStoryboard:
     "none"), ``header`` (bool, default True).
     """
 
+    Options = ProceduralOptions
     resident = False
 
     def __init__(self, *, font: str | None = None, bold_font: str | None = None, font_index: int = 0,

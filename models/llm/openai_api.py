@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from models import options as opt
 from models.llm import screenwriter
 from models.registry import BackendResult
 from pipeline import secrets
@@ -102,6 +103,23 @@ def token_usage(model: str, tokens_in: int, tokens_out: int) -> tuple[dict, ...]
             {"tool": f"{model}:output", "unit": "token", "quantity": tokens_out})
 
 
+class ChatOptions(opt.BackendOptions):
+    """An OpenAI-compatible chat endpoint and where its key is."""
+
+    base_url: opt.Url  # e.g. https://api.deepseek.com/v1
+    model: opt.ModelId  # e.g. deepseek-chat or qwen-plus
+    api_key_env: opt.EnvName = "OPENAI_API_KEY"
+    secrets_file: opt.FilePath | None = None
+    api_key_name: opt.EnvName | None = None
+    temperature: float = opt.Field(0.8, ge=0, le=2)
+    max_tokens: int = opt.Field(4096, ge=16, le=131_072)
+    timeout_s: float = opt.Field(180.0, gt=0, le=3600)
+
+
+class OpenAIScriptOptions(ChatOptions):
+    repair: opt.Literal["skeleton", "reprompt", "none"] = "skeleton"
+
+
 class OpenAIScript:
     """Writes the screenplay through an OpenAI-compatible chat API (validated, re-prompted, repaired).
 
@@ -110,6 +128,7 @@ class OpenAIScript:
     NAME=value file), ``temperature``, ``max_tokens``, ``timeout_s``, ``repair`` (skeleton|reprompt|none).
     """
 
+    Options = OpenAIScriptOptions
     resident = False  # nothing to keep loaded: an HTTP client
     num_gpus = 0
 

@@ -120,9 +120,9 @@ def _good_line(text: str) -> bool:
 def _name(raw: str, language: str) -> str | None:
     name = tidy(raw, 30)
     if language.startswith(("zh", "yue", "cmn")):
-        return name if _CJK_NAME.match(name) else None
+        return name if _CJK_NAME.fullmatch(name) else None
     name = name.upper()
-    return name if _LATIN_NAME.match(name) and name not in ("INT", "EXT", "TITLE", "LANGUAGE") else None
+    return name if _LATIN_NAME.fullmatch(name) and name not in ("INT", "EXT", "TITLE", "LANGUAGE") else None
 
 
 def harvest(text: str, language: str) -> list[tuple[str, str]]:

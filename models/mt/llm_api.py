@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import re
 
-from models.llm.openai_api import ApiError, ChatClient, token_usage
+from models import options as opt
+from models.llm.openai_api import ApiError, ChatClient, ChatOptions, token_usage
 from models.mt import glossary as gl
 from models.registry import BackendResult
 
@@ -44,10 +45,18 @@ def parse_array(text: str, n: int) -> list[str] | str:
     return [x.strip() for x in items]
 
 
+class LLMApiTranslateOptions(ChatOptions):
+    temperature: float = opt.Field(0.2, ge=0, le=2)
+    timeout_s: float = opt.Field(120.0, gt=0, le=3600)
+    batch_size: int = opt.Field(40, ge=1, le=1000)  # lines per request
+    enforce_glossary: bool = True
+
+
 class LLMApiTranslate:
     """Options: ``base_url``, ``model``, ``api_key_env`` (or ``secrets_file`` + ``api_key_name``), ``temperature``, ``max_tokens``, ``timeout_s``,
     ``batch_size`` (lines per request), ``enforce_glossary``."""
 
+    Options = LLMApiTranslateOptions
     resident = False
     num_gpus = 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from models import hub
+from models import hub, options as opt
 from models.mt import glossary as gl
 from models.registry import BackendResult
 
@@ -40,6 +40,23 @@ SPECS = {
 }
 
 
+def _placeholder(v: str) -> str:
+    if "{i}" not in v:
+        raise ValueError("must contain {i} (the glossary entry's number), e.g. [{i}]")
+    return v
+
+
+class Seq2SeqOptions(opt.WeightsOptions):
+    dtype: opt.Dtype = "float32"
+    num_beams: int | None = opt.Field(None, ge=1, le=16)  # default: the model's
+    max_new_tokens: int = opt.Field(256, ge=1, le=4096)
+    batch_size: int = opt.Field(16, ge=1, le=1024)
+    lang_codes: dict[opt.Lang, opt.Annotated[str, opt.Field(pattern=r"^[a-z]{3}_[A-Z][a-z]{3}$")]] | None = \
+        opt.Field(None, max_length=200)  # NLLB: language → FLORES code, e.g. {yue: yue_Hant}
+    placeholder: opt.Annotated[opt.Text, opt.Field(min_length=3, max_length=40),
+                               opt.AfterValidator(_placeholder)] = gl.PLACEHOLDER
+
+
 class Seq2SeqTranslate:
     """Batch translation through a resident seq2seq model and its tokenizer.
 
@@ -48,6 +65,7 @@ class Seq2SeqTranslate:
     ``tiny_seed`` (weights seed of marian-tiny).
     """
 
+    Options = Seq2SeqOptions
     spec: MTSpec = SPECS["marian-tiny"]
     resident = True
     num_gpus = 0
@@ -87,16 +105,26 @@ class Seq2SeqTranslate:
             self.loads += 1
         return self._loaded
 
-    def check_pair(self, src: str, tgt: str) -> None:
-        s = self.spec
+    @classmethod
+    def pair_problem(cls, src: str, tgt: str, options: dict[str, Any]) -> str | None:
+        """Why this backend cannot translate src → tgt with these options (None: it can). Asked by validate
+        (pipeline.stages.translate.supply_problems) before any work, and again at the call."""
+        s = cls.spec
         if s.pairs and (src, tgt) not in s.pairs:
-            raise ValueError(f"translate {s.name}: translates {', '.join(f'{a}→{b}' for a, b in s.pairs)} only, "
-                             f"not {src}→{tgt}; pick a model for that pair (e.g. nllb-600m or llm-api)")
+            return (f"translates {', '.join(f'{a}→{b}' for a, b in s.pairs)} only, not {src}→{tgt}; pick a model "
+                    f"for that pair (e.g. nllb-600m or llm-api) or drop the language")
         if s.family == "nllb":
-            missing = [x for x in (src, tgt) if x not in self.codes]
+            codes = {**NLLB_CODES, **(options.get("lang_codes") or {})}
+            missing = [x for x in (src, tgt) if x not in codes]
             if missing:
-                raise ValueError(f"translate {s.name}: no FLORES-200 code for {missing}; add "
-                                 f"stages.translate.options.lang_codes, e.g. {{{missing[0]}: xxx_Latn}}")
+                return (f"has no FLORES-200 code for {missing}; add stages.translate.options.lang_codes, "
+                        f"e.g. {{{missing[0]}: xxx_Latn}}")
+        return None
+
+    def check_pair(self, src: str, tgt: str) -> None:
+        problem = self.pair_problem(src, tgt, {"lang_codes": self.codes})
+        if problem:
+            raise ValueError(f"translate {self.spec.name}: {problem}")
 
     def _run(self, texts: list[str], src: str, tgt: str) -> list[str]:
         import torch

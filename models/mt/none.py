@@ -1,12 +1,14 @@
 """Translate backend "none": no machine translation; dubbing uses the screenplay's own translations."""
 from __future__ import annotations
 
+from models import options as opt
 from models.registry import BackendResult
 
 
 class NoTranslation:
     """Passes texts through when source and target language are the same, and refuses otherwise."""
 
+    Options = opt.BackendOptions  # no options
     resident = False
     machine_translates = False  # a language the screenplay lacks cannot be supplied (validate says so)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models import options as opt
 from models.registry import BackendResult
 
 ESPEAK_RATE = 22050  # what espeak-ng writes; other rates are resampled with ffmpeg
@@ -79,6 +80,13 @@ def resample(path: Path, rate: int) -> None:
     tmp.replace(path)
 
 
+class EspeakOptions(opt.BackendOptions):
+    sample_rate: int = opt.Field(ESPEAK_RATE, ge=8000, le=48_000)  # Hz (22050: espeak's own, no resampling)
+    voices: dict[opt.Lang, opt.Annotated[str, opt.Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_+-]{0,39}$")]] | None = \
+        opt.Field(None, max_length=100)  # language → espeak base voice, e.g. {en: en-gb}
+    executable: opt.Annotated[str, opt.Field(pattern=r"^[A-Za-z0-9_./+-]{1,200}$")] = "espeak-ng"
+
+
 class EspeakTTS:
     """espeak-ng through its CLI. Each speaker gets a variant (+f1…f5 / +m1…m7), pitch and speed derived
     from a hash of the name (stable across runs and machines); the character's ``voice`` hints override:
@@ -89,6 +97,7 @@ class EspeakTTS:
     (language → espeak base voice, e.g. {"en": "en-gb"}), ``executable`` (default "espeak-ng").
     """
 
+    Options = EspeakOptions
     resident = False
 
     def __init__(self, *, sample_rate: int = ESPEAK_RATE, voices: dict[str, str] | None = None,

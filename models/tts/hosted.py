@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from models import options as opt
 from models.providers import Limits, download
 from models.registry import BackendResult
 from models.tts.espeak import wav_duration
@@ -21,11 +22,22 @@ LANGUAGE_TYPES = {"zh": "Chinese", "en": "English", "ja": "Japanese", "ko": "Kor
 _KEY_OPTIONS = ("api_key_env", "secrets_file", "api_key_name", "base_url")
 
 
+class QwenTTSOptions(opt.KeyOptions):
+    model: opt.ModelId = "qwen3-tts-flash"
+    voices: dict[opt.Name, opt.Annotated[str, opt.Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")]] | None = \
+        opt.Field(None, max_length=200)  # character → Qwen voice, e.g. {林晓: Cherry}
+    sample_rate: int = opt.Field(24_000, ge=8000, le=48_000)
+    concurrency: int = opt.Field(4, ge=1, le=64)
+    retries: int = opt.Field(5, ge=0, le=20)
+    backoff_s: float = opt.Field(1.0, gt=0, le=300)
+
+
 class QwenTTSApi:
     """Options: ``model`` (qwen3-tts-flash), ``voices`` (character → Qwen voice name, e.g. {林晓: Cherry}),
     ``sample_rate`` (default 24000), ``concurrency``, key options (DASHSCOPE_API_KEY, ``base_url``).
     A character's ``voice`` hints may name ``qwen`` (a voice) or ``gender`` (f/m: a stable pick per name)."""
 
+    Options = QwenTTSOptions
     resident = False
     num_gpus = 0
 

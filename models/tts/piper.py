@@ -7,6 +7,7 @@ import wave
 from pathlib import Path
 from typing import Any
 
+from models import options as opt
 from models.registry import BackendResult
 from models.tts.espeak import emotion_delivery, normalize_lang
 
@@ -26,6 +27,14 @@ def bundled_voice() -> tuple[Path, Path]:
     return model, config
 
 
+class PiperOptions(opt.BackendOptions):
+    model: opt.FilePath | None = None  # another Piper voice (.onnx); default the bundled en_US-joe-medium
+    config: opt.FilePath | None = None  # its .onnx.json (default beside the model)
+    use_cuda: bool = False
+    noise_scale: float | None = opt.Field(None, ge=0, le=2)
+    noise_w_scale: float | None = opt.Field(None, ge=0, le=2)
+
+
 class PiperTTS:
     """Piper (VITS) through its Python API; the voice is loaded once per instance, on first use.
 
@@ -38,6 +47,7 @@ class PiperTTS:
     keep the output reproducible up to ONNX Runtime's numerics).
     """
 
+    Options = PiperOptions
     resident = True
     num_gpus = 0
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from models import hub
+from models import hub, options as opt
 from models.registry import BackendResult
 
 SPECS: dict[str, dict[str, str | None]] = {
@@ -43,6 +43,16 @@ def write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
         w.writeframes(pcm.tobytes())
 
 
+class VitsOptions(opt.BackendOptions):
+    models: dict[opt.Lang, opt.ModelId] | None = opt.Field(None, max_length=100)  # language → model id
+    weights_dir: opt.FilePath | dict[opt.Lang, opt.FilePath] | None = None  # one folder, or language → folder
+    device: opt.Device = "cpu"
+    speaking_rate: float = opt.Field(1.0, ge=0.25, le=4.0)  # > 1 is faster
+    noise_scale: float | None = opt.Field(None, ge=0, le=2)
+    seed: opt.Seed = 0  # mixed into every line's seed
+    tiny_seed: opt.Seed = 0
+
+
 class VitsTTS:
     """Text → mono 16-bit WAV at the model's rate (16 kHz for MMS) via a resident VitsModel per language.
 
@@ -52,6 +62,7 @@ class VitsTTS:
     every line's seed), ``tiny_seed`` (weights seed of vits-tiny).
     """
 
+    Options = VitsOptions
     name = "vits-tiny"
     resident = True
     num_gpus = 0

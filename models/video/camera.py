@@ -7,10 +7,19 @@ from pathlib import Path
 
 import ffmpeg
 
+from models import options as opt
 from models.registry import BackendResult
 from pipeline.script import CAMERA_MOVES, Shot
 
 _EASES = ("smooth", "linear")
+
+
+class CameraMoveOptions(opt.BackendOptions):
+    amount: float = opt.Field(0.10, gt=0, le=0.5)  # zoom / travel, a fraction of the frame
+    ease: opt.Literal["smooth", "linear"] = "smooth"
+    supersample: opt.Literal[1, 2, 3] = 2
+    pix_fmt: opt.Literal["yuv420p", "yuv444p"] = "yuv420p"
+    preset: opt.Literal[opt.X264_PRESETS] = "ultrafast"  # x264 preset of the lossless intermediate
 
 
 class CameraMoveVideo:
@@ -31,6 +40,7 @@ class CameraMoveVideo:
     motion is fully determined by the shot.
     """
 
+    Options = CameraMoveOptions
     resident = False
 
     def __init__(self, *, amount: float = 0.10, ease: str = "smooth", supersample: int = 2,

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from models import hub
+from models import hub, options as opt
 from models.image.diffusers_t2i import FRAMING_WORDS, check_size
 from models.registry import BackendResult
 from models.video.accel import DISTILLED_STEPS, Accel
@@ -128,6 +128,21 @@ def to_uint8(video: Any) -> np.ndarray:
     return (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+class DiffusersVideoOptions(opt.WeightsOptions, opt.AccelOptions):
+    dtype: opt.Dtype | None = None  # default: the model's
+    steps: int | None = opt.Field(None, ge=1, le=200)  # default: the model's (4 when distilled)
+    guidance: float | None = opt.Field(None, ge=0, le=30)
+    mode: opt.Literal["i2v", "t2v"] | None = None  # default: the model's first mode
+    shift: float | None = opt.Field(None, gt=0, le=30)  # flow-match shift (Wan: 3.0 at 480p)
+    max_frames: int | None = opt.Field(None, ge=5, le=1025)
+    negative_prompt: opt.Text = NEGATIVE
+    style: opt.Text = "vertical cinematic micro-drama"
+    max_sequence_length: int | None = opt.Field(None, ge=8, le=4096)  # text tokens
+    cpu_offload: bool = False
+    text_cache: int = opt.Field(64, ge=0, le=10_000)  # prompts whose embeddings stay cached
+    overlap: bool = True  # Wan: decode and write outside the GPU lock
+
+
 class DiffusersVideo:
     """Image-to-video (from the keyframe) or text-to-video through a resident diffusers pipeline.
 
@@ -140,6 +155,7 @@ class DiffusersVideo:
     ``compile``, ``vae_tiling``, ``cache``, ``context_parallel``).
     """
 
+    Options = DiffusersVideoOptions
     spec: VideoSpec = SPECS["wan-tiny"]
     resident = True
     num_gpus = 0

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from models import options as opt
 from models.providers import Limits
 from models.registry import BackendResult
 from models.video import task_flow
@@ -66,6 +67,43 @@ def _limits(options: dict[str, Any]) -> Limits:
 _KEY_OPTIONS = ("api_key_env", "secrets_file", "api_key_name", "base_url")
 
 
+Tier = opt.Literal["480p", "720p", "1080p"]
+Mode = opt.Literal["i2v", "t2v"]
+STYLE = "cinematic vertical micro-drama, realistic lighting"
+
+
+class WanApiVideoOptions(opt.TaskOptions):
+    model: opt.ModelId = "wan2.5-i2v-preview"
+    resolution: Tier = "720p"
+    mode: Mode = "i2v"
+    style: opt.Text = STYLE
+    negative_prompt: opt.Text = ""
+
+
+class SeedanceApiVideoOptions(opt.TaskOptions):
+    model: opt.ModelId = "doubao-seedance-1-0-pro-250528"
+    resolution: Tier = "720p"
+    mode: Mode = "i2v"
+    provider_fps: int = opt.Field(24, ge=1, le=60)  # what Ark renders at (its token count uses it)
+    style: opt.Text = STYLE
+    timeout_s: float = opt.Field(60.0, gt=0, le=600)  # one HTTP request
+
+
+class KlingApiVideoOptions(opt.LimitsOptions):
+    model: opt.ModelId = "kling-v2-1"
+    mode: opt.Literal["std", "pro"] = "std"
+    cfg_scale: float = opt.Field(0.5, ge=0, le=1)
+    style: opt.Text = STYLE
+    negative_prompt: opt.Text = ""
+    access_key_env: opt.EnvName = "KLING_ACCESS_KEY"
+    secret_key_env: opt.EnvName = "KLING_SECRET_KEY"
+    secrets_file: opt.FilePath | None = None
+    access_key_name: opt.EnvName | None = None
+    secret_key_name: opt.EnvName | None = None
+    base_url: opt.Url | None = None
+    timeout_s: float = opt.Field(60.0, gt=0, le=600)
+
+
 class WanApiVideo:
     """Tongyi Wanxiang image-to-video (or text-to-video with ``mode: t2v``) on DashScope.
 
@@ -74,6 +112,7 @@ class WanApiVideo:
     ``poll_s``, ``task_timeout_s``, plus the key options (``api_key_env`` DASHSCOPE_API_KEY, ``base_url``).
     Billed per generated second at the model's tier: "<model>:<tier>" (usage.video_duration)."""
 
+    Options = WanApiVideoOptions
     resident = False
     num_gpus = 0
     provider = "dashscope"
@@ -143,6 +182,7 @@ class SeedanceApiVideo:
     (``api_key_env`` ARK_API_KEY, ``base_url``). Billed in tokens (usage.completion_tokens), which Ark
     defines as width × height × fps × seconds / 1024: item "<model>" per token."""
 
+    Options = SeedanceApiVideoOptions
     resident = False
     num_gpus = 0
     provider = "ark"
@@ -210,6 +250,7 @@ class KlingApiVideo:
     KLING_ACCESS_KEY, ``secret_key_env`` KLING_SECRET_KEY, ``base_url``). Billed per clip by model, mode and
     duration (5 or 10 s): one call of "<model>:<mode>:<seconds>s"."""
 
+    Options = KlingApiVideoOptions
     resident = False
     num_gpus = 0
     provider = "kling"

@@ -11,7 +11,7 @@ _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 def _ident(name: str, option: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):  # match() would let "ledger\n" through ($ matches before a final newline)
         raise ValueError(f"{option}: {name!r} is not a plain PostgreSQL name (lowercase letters, digits, _)")
     return f'"{name}"'
 

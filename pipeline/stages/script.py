@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.job import Job
-from pipeline.job_backends import is_writer, screenplay_path  # noqa: F401  (is_writer: re-exported)
+from pipeline.job_backends import is_writer, screenplay_path, screenplay_text  # noqa: F401  (is_writer: re-exported)
 from pipeline.job_backends import read_source as _parse_source
 from pipeline.script import Script
 from pipeline.stages import StageCall, StageRun, report_all
@@ -28,7 +28,7 @@ class ScriptStage:
 
     def cache_key_parts(self, call: StageCall) -> list[Any]:
         s = self.job.stages.script
-        text = self.screenplay_path().read_text(encoding="utf-8")
+        text = screenplay_text(self.job)  # bounded, regular file, UTF-8 (pipeline/safe_io.py)
         return [self.name, VERSION, s.backend, s.options, text, self.job.languages[0], self.job.seed]
 
     def run(self, call: StageCall, run: StageRun) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def supply_problems(job: Job, script: Script) -> list[str]:
         cls = resolve("translate", name)
     except Exception:  # an unknown backend is named by validate()
         return problems
-    pairs = getattr(getattr(cls, "spec", None), "pairs", ())
+    pair_problem = getattr(cls, "pair_problem", None)  # a model that translates some pairs or languages only
     for lang in job.languages:
         missing = sum(lang not in line.text for line in lines)
         if not missing or same_language(src, lang):
@@ -74,10 +74,9 @@ def supply_problems(job: Job, script: Script) -> list[str]:
             problems.append(f"languages: {missing} of {len(lines)} line(s) have no {lang!r} text and "
                             f"stages.translate.backend {name!r} does not machine-translate; add [[{lang}: …]] "
                             f"translations to the screenplay, drop {lang!r}, or pick a translate backend")
-        elif pairs and (src, lang) not in pairs:
-            problems.append(f"languages: stages.translate.backend {name!r} translates "
-                            f"{', '.join(f'{a}→{b}' for a, b in pairs)} only, not {src}→{lang}; pick a model for "
-                            "that pair (e.g. nllb-600m) or drop the language")
+        elif pair_problem and (why := pair_problem(src, lang, job.stages.translate.options)):
+            problems.append(f"languages: {missing} of {len(lines)} line(s) have no {lang!r} text and "
+                            f"stages.translate.backend {name!r} {why}")
     return problems
 
 
