@@ -187,6 +187,24 @@ def test_jianying_draft_reads_back(episode):
     assert (out / "jianying" / "handoff-demo-ep01" / meta["draft_cover"]).is_file()
 
 
+def test_draft_materials_read_from_many_threads(tmp_path):
+    """A batch driver publishes episodes from threads; pymediainfo's option reset is process-wide (it
+    crashed or returned empty reports when two drafts read media at once), so materials are read one at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyJianYingDraft as jy
+
+    from pipeline.handoff.jianying import _material
+
+    clip = tmp_path / "clip.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=64x112:rate=24",
+                    "-t", "1", "-c:v", "libx264", str(clip)], check=True)
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda _: _material(jy.VideoMaterial, str(clip), 24, 24), range(200)))
+    assert {(m.width, m.height) for m in found} == {(64, 112)}
+    assert all(m.duration >= 1_000_000 for m in found)
+
+
 def test_covers_from_keyframes_with_title_in_safe_area(episode):
     from PIL import Image
 

@@ -8,8 +8,14 @@ absolute, so keep the episode folder where it was published or relink in JianYin
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
+
+# pyJianYingDraft reads media through pymediainfo, whose libmediainfo keeps process-wide options: two drafts
+# read at once from the threads of one batch driver got an empty XML report ("syntax error: line 1, column 0")
+# or an empty "video width". One reader at a time.
+_MEDIAINFO = threading.Lock()
 
 
 def us(frame: int, fps: int) -> int:
@@ -23,9 +29,12 @@ def span(a: int, n: int, fps: int) -> Any:
     return jy.Timerange(us(a, fps), us(a + n, fps) - us(a, fps))
 
 
-def _exact(material: Any, frames: int, fps: int) -> Any:
-    """MediaInfo reports durations in whole milliseconds; the media is exactly `frames` frames long, so a
-    segment that uses its last frame is not refused for overrunning a rounded-down length."""
+def _material(kind: Any, path: str, frames: int, fps: int) -> Any:
+    """The material of `path` (read by MediaInfo, one thread at a time). MediaInfo reports durations in
+    whole milliseconds; the media is exactly `frames` frames long, so a segment that uses its last frame is
+    not refused for overrunning a rounded-down length."""
+    with _MEDIAINFO:
+        material = kind(path)
     material.duration = max(material.duration, us(frames, fps))
     return material
 
@@ -48,12 +57,16 @@ def write(doc: dict[str, Any], folder: Path, name: str, *, staging: str | None =
     videos: dict[str, Any] = {}
     audios: dict[str, Any] = {}
     for s in doc["shots"]:
-        video = videos.setdefault(s["media"], _exact(jy.VideoMaterial(s["media"]), s["media_frames"], fps))
+        if s["media"] not in videos:
+            videos[s["media"]] = _material(jy.VideoMaterial, s["media"], s["media_frames"], fps)
+        video = videos[s["media"]]
         script.add_segment(jy.VideoSegment(video, span(s["record_in"], s["frames"], fps),
                                            source_timerange=span(s["source_in"], s["frames"], fps)), "shots")
         for lang in doc["audio_languages"]:
             path = s["audio_media"][lang]
-            audio = audios.setdefault(path, _exact(jy.AudioMaterial(path), s["media_frames"], fps))
+            if path not in audios:
+                audios[path] = _material(jy.AudioMaterial, path, s["media_frames"], fps)
+            audio = audios[path]
             script.add_segment(jy.AudioSegment(audio, span(s["record_in"], s["frames"], fps),
                                                source_timerange=span(s["source_in"], s["frames"], fps)), f"dub-{lang}")
     for lang, evs in subs.items():
