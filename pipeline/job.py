@@ -340,6 +340,18 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _merge_stages(profile: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    """The job's stage sections over the profile's. A section whose job picks another backend than the
+    profile's takes only the job's `options`: the profile's were written for its own backend."""
+    merged = _merge(profile, job)
+    for section, over in job.items():
+        base = profile.get(section)
+        if (isinstance(over, dict) and isinstance(base, dict) and "backend" in over
+                and over["backend"] != base.get("backend")):
+            merged[section] = {**merged[section], "options": over.get("options") or {}}
+    return merged
+
+
 def _format_errors(exc: ValidationError, prefix: str = "") -> list[str]:
     problems = []
     for err in exc.errors():
@@ -369,7 +381,7 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> Job:
     profile = load_profile(str(data.get("profile", "preview-cpu")), path.resolve().parent)
     if not isinstance(data.get("stages") or {}, dict):
         raise JobError(f"stages: expected a mapping of stage settings, got {type(data['stages']).__name__}")
-    stages = _merge(profile.stages, data.get("stages") or {})
+    stages = _merge_stages(profile.stages, data.get("stages") or {})
     data = {**data, "stages": stages, "job_dir": str(path.resolve().parent)}
     try:
         job = Job.model_validate(data)
