@@ -62,6 +62,7 @@ class WanApiImage:
     Billed per image (usage.image_count) as item "<model>"."""
 
     resident = False
+    draws_dialogue = False  # prompted from framing, people, action and place (keyframe_prompt)
     num_gpus = 0
 
     def __init__(self, *, model: str = "wan2.2-t2i-flash", size: str | None = None, style: str = STYLE,
@@ -116,6 +117,7 @@ class SeedreamApiImage:
     generated image (usage.generated_images) as item "<model>"."""
 
     resident = False
+    draws_dialogue = False  # prompted from framing, people, action and place (keyframe_prompt)
     num_gpus = 0
 
     def __init__(self, *, model: str = "doubao-seedream-3-0-t2i-250415", size: str | None = None,
