@@ -21,6 +21,7 @@ SUBAPPS = {
     "ledger": ("pipeline.metering.ledger_cli:app", "Tamper-evident ledger: verify, prove, checkpoint."),
     "claims": ("pipeline.finance.claims_cli:app", "Subsidy claims: evaluate, build, packet."),
     "mlflow": ("pipeline.metering.mlflow_cli:app", "Runs queued while MLflow was unreachable: pending, flush."),
+    "cache": ("pipeline.cache_cli:app", "The stage cache: verify every entry's digests, --repair removes bad ones."),
 }
 
 
@@ -122,6 +123,10 @@ def run(job: Path = typer.Argument(..., help="Episode job YAML"),
 
         _fail(RuntimeError(format_failure(exc)), 1)
     out = j.out_path / "episode.mp4"
+    from pipeline.runner import corrupt_line
+
+    if corrupt_line(manifest):  # said even with --quiet (on stderr): the cache was tampered with or rotted
+        err.print(f"[bold yellow]warning:[/] {escape(corrupt_line(manifest))}", highlight=False, soft_wrap=True)
     if quiet:
         typer.echo(str(out))
     else:

@@ -27,7 +27,9 @@ LINGER_S = 60.0  # an idle writer is kept this long for the next episode on the 
 
 
 def resolve_ledger_url(url: str | None) -> str:
-    return absolute_sqlite(url or os.environ.get("MICRODRAMA_LEDGER") or "sqlite:///ledger.db")
+    from pipeline.metering.ledger import default_ledger_url
+
+    return absolute_sqlite(url or default_ledger_url())
 
 
 

@@ -382,7 +382,7 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> Job:
     if not isinstance(data.get("stages") or {}, dict):
         raise JobError(f"stages: expected a mapping of stage settings, got {type(data['stages']).__name__}")
     stages = _merge_stages(profile.stages, data.get("stages") or {})
-    data = {**data, "stages": stages, "job_dir": str(path.resolve().parent)}
+    data = {**data, "stages": stages, "job_dir": str(path.resolve().parent), **_state_paths(data)}
     try:
         job = Job.model_validate(data)
     except ValidationError as exc:
@@ -391,6 +391,18 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> Job:
     if problems:
         raise JobError(problems)
     return job
+
+
+def _state_paths(data: dict[str, Any]) -> dict[str, str]:
+    """With $MICRODRAMA_STATE_DIR set, relative output_dir and cache_dir (given or default) live under it
+    (pipeline/state.py); without it they stay relative to the current directory, as always."""
+    from pipeline import state
+
+    if state.state_dir() is None:
+        return {}
+    fields = {"output_dir": "out", "cache_dir": str(state.CACHE_DIR)}
+    return {name: str(state.state_path(data.get(name) or default)) for name, default in fields.items()
+            if data.get(name) is None or isinstance(data.get(name), str)}  # other types: the schema says why
 
 
 def resolve_in(base: Path, rel: Path, field: str) -> tuple[Path | None, str | None]:

@@ -146,10 +146,14 @@ def execute(info: RunInfo, stage_name: str, call: StageCall, attempt: int = 1,
                   cpus=float(settings.num_cpus) if settings else 1.0,
                   meta={"cache_key": key})  # finance attributes a cache hit to the run that built the entry
     begin_attempt(info, meter)
-    outputs, error, staging = None, None, None
+    outputs, error, staging, corrupt = None, None, None, None
     try:
         with meter as m:
-            outputs = cache.get(key)
+            found = cache.lookup(key)
+            outputs, corrupt = found.outputs, found.problem
+            if corrupt:  # a hit whose files no longer match their digests is a miss: re-rendered, reported
+                m.meta["cache_corrupt"] = corrupt[:500]
+                cache.remove(key)
             if outputs is not None:
                 m.cache_hit = True
             else:
@@ -182,7 +186,7 @@ def execute(info: RunInfo, stage_name: str, call: StageCall, attempt: int = 1,
             raise failed from None  # the original text holds a secret: keep it out of chained tracebacks
         raise failed from error
     return {"outputs": outputs, "record": record.model_dump(mode="json"), "key": key,
-            "cache_hit": record.cache_hit}
+            "cache_hit": record.cache_hit, "cache_corrupt": corrupt}
 
 
 def describe_error(error: BaseException, where: str | Path) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 import ray
 
+from pipeline.cache import place
 from pipeline.errors import UserError
 from pipeline.job import Job
 from pipeline.metering.attempts import driver_identity
@@ -192,10 +193,8 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
                            "audio": per_shot[s.id]["dub"]["outputs"]["audio"],
                            "lines": per_shot[s.id]["dub"]["outputs"]["lines"],
                            "duration_s": per_shot[s.id]["dub"]["outputs"]["duration_s"]} for s in shots]
-            content_id = f"{job.drama}/{job.episode}/{job.config_hash()}"
-            guard("edit", 1)
-            results["edit"] = progress.wait("edit", [sub.submit(
-                "edit", StageCall(None, {"shots": edit_input, "content_id": content_id}))])[0]
+            guard("edit", 1)  # the edit stage names the content itself (its ProduceID: a digest of it)
+            results["edit"] = progress.wait("edit", [sub.submit("edit", StageCall(None, {"shots": edit_input}))])[0]
     except Exception:  # a stage failed (not Ctrl-C): let siblings under way finish and be metered first
         sub.settle()
         raise
@@ -223,6 +222,8 @@ def build_manifest(job: Job, info: RunInfo, script: Any, per_shot: dict, results
     executions = [results["script"], results["translate"], results["edit"]] + \
         [per_shot[s.id][st] for s in script.shots for st in SHOT_STAGES]
     hits = sum(1 for r in executions if r["cache_hit"])
+    names = [("script", None), ("translate", None), ("edit", None)] + \
+        [(st, s.id) for s in script.shots for st in SHOT_STAGES]
     return {
         "drama": job.drama, "episode": job.episode, "title": job.title, "company": job.company,
         "run_id": info.run_id, "job_hash": job.config_hash(), "profile": job.profile,
@@ -232,7 +233,8 @@ def build_manifest(job: Job, info: RunInfo, script: Any, per_shot: dict, results
         "seed": job.seed, "duration_s": round(edit["duration_s"], 6), "fps": job.stages.video.fps,
         "shots": shots, "content_id": edit["content_id"],
         "cache": {"executions": len(executions), "hits": hits, "all_cached": hits == len(executions),
-                  "edit_key": results["edit"]["key"]},
+                  "edit_key": results["edit"]["key"],
+                  "corrupt_entries": corrupt_entries(names, executions)},
         "attempts": {"retried": sum(1 for r in executions if r.get("attempts", 1) > 1)},
         "outputs": {"episode": "episode.mp4",
                     "subtitles": {lang: {"srt": f"episode.{lang}.srt", "ass": f"episode.{lang}.ass"}
@@ -241,8 +243,26 @@ def build_manifest(job: Job, info: RunInfo, script: Any, per_shot: dict, results
     }
 
 
+def corrupt_entries(names: list[tuple[str, str | None]], executions: list[dict]) -> list[dict[str, Any]]:
+    """Cache entries found changed after they were cached (re-rendered by this run), for the manifest."""
+    return [{"stage": stage, "shot": shot, "key": r["key"], "problem": r["cache_corrupt"]}
+            for (stage, shot), r in zip(names, executions) if r.get("cache_corrupt")]
+
+
+def corrupt_line(manifest: dict[str, Any]) -> str | None:
+    """The one line a run prints when it found corrupt cache entries (None when it found none)."""
+    bad = manifest.get("cache", {}).get("corrupt_entries") or []
+    if not bad:
+        return None
+    where = ", ".join(f"{b['stage']}[{b['shot']}]" if b["shot"] else b["stage"] for b in bad)
+    return (f"cache: {len(bad)} corrupt entr{'y' if len(bad) == 1 else 'ies'} re-rendered ({where}): "
+            f"{bad[0]['problem']}; `microdrama cache verify` checks the whole cache")
+
+
 def publish(job: Job, edit: dict[str, Any], manifest: dict[str, Any]) -> Path:
-    """Copy outputs into a private folder, then swap it into place: a finished-looking folder is finished."""
+    """Copy outputs into a private folder, then swap it into place: a finished-looking folder is finished.
+    Files come out of the cache as copies or reflinks (`cache.place`), never hard links: editing a
+    published file leaves the cache entry it came from intact."""
     final = job.out_path.resolve()
     root = job.output_dir.resolve()
     if root not in final.parents:  # out/<drama> (or <episode>) is a symlink leading elsewhere
@@ -251,10 +271,10 @@ def publish(job: Job, edit: dict[str, Any], manifest: dict[str, Any]) -> Path:
     staging = final.with_name(f".{final.name}.partial-{uuid.uuid4().hex[:8]}")
     staging.mkdir()
     try:
-        _link_or_copy(Path(edit["episode"]), staging / "episode.mp4")
+        place(edit["episode"], staging / "episode.mp4")
         for lang, files in edit["subtitles"].items():
             for kind, path in files.items():
-                _link_or_copy(Path(path), staging / f"episode.{lang}.{kind}")
+                place(path, staging / f"episode.{lang}.{kind}")
         from pipeline.handoff.publish import publish as publish_handoff  # timelines, covers, deliveries
 
         manifest["outputs"].update(publish_handoff(job, edit, staging, final))
@@ -271,9 +291,3 @@ def publish(job: Job, edit: dict[str, Any], manifest: dict[str, Any]) -> Path:
         raise
     return final
 
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)

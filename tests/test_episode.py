@@ -141,7 +141,8 @@ def test_changing_one_line_rerenders_only_its_shot(demo_run, tmp_path) -> None:
     third = run_job(job, quiet=True, **demo_run["env"])
     for shot in third["shots"]:
         if shot["id"] == target["id"]:
-            assert shot["cache_hit"]["dub"] is False and shot["cache_hit"]["storyboard"] is True
+            # the procedural panel may draw the line (it captions a shot without action with it): it re-renders
+            assert shot["cache_hit"]["dub"] is False and shot["cache_hit"]["storyboard"] is False
         else:
             assert all(shot["cache_hit"].values()), shot["id"]
 

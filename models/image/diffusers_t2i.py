@@ -104,6 +104,7 @@ class DiffusersKeyframes:
     Options = KeyframeOptions
     spec: ImageSpec = SPECS["flux-tiny"]
     resident = True
+    draws_dialogue = False  # prompted from framing, people, action and place (keyframe_prompt)
     num_gpus = 0
 
     def __init__(self, *, model_id: str | None = None, weights_dir: str | None = None, dtype: str | None = None,

@@ -82,6 +82,7 @@ class WanApiImage:
 
     Options = WanApiImageOptions
     resident = False
+    draws_dialogue = False  # prompted from framing, people, action and place (keyframe_prompt)
     num_gpus = 0
 
     def __init__(self, *, model: str = "wan2.2-t2i-flash", size: str | None = None, style: str = STYLE,
@@ -137,6 +138,7 @@ class SeedreamApiImage:
 
     Options = SeedreamApiImageOptions
     resident = False
+    draws_dialogue = False  # prompted from framing, people, action and place (keyframe_prompt)
     num_gpus = 0
 
     def __init__(self, *, model: str = "doubao-seedream-3-0-t2i-250415", size: str | None = None,

@@ -128,9 +128,9 @@ def _decimal(value: Fraction, places: Decimal, rounding: str) -> Decimal:
 
 def default_tracking_uri(uri: str | None = None) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (relative paths made absolute)."""
-    from pipeline.metering.mlflow_sink import DEFAULT_URI
+    from pipeline import state
 
-    return _absolute(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+    return _absolute(uri or os.environ.get("MLFLOW_TRACKING_URI") or state.default_tracking_uri())
 
 
 def default_ledger(url: str | None = None) -> str:

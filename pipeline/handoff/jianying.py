@@ -93,15 +93,16 @@ def write(doc: dict[str, Any], folder: Path, name: str, *, staging: str | None =
 def _meta(draft: Path, name: str, doc: dict[str, Any], cover: str | None) -> None:
     """Name the draft in draft_meta_info.json (the library leaves its template's name empty and id fixed),
     with its length and, when there is one, the 9:16 cover as JianYing's draft thumbnail."""
-    import shutil
     import uuid
+
+    from pipeline.cache import place
 
     path = draft / "draft_meta_info.json"
     meta = json.loads(path.read_text(encoding="utf-8"))
     meta.update(draft_name=name, draft_id=str(uuid.uuid5(uuid.NAMESPACE_URL, doc["content_id"])).upper(),
                 tm_duration=us(doc["frames"], doc["fps"]))
     if cover:
-        shutil.copy2(cover, draft / "draft_cover.jpg")
+        place(cover, draft / "draft_cover.jpg")  # a copy: the cover in the cache stays read-only
         meta["draft_cover"] = "draft_cover.jpg"
     path.write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
 

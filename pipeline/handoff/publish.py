@@ -4,14 +4,13 @@ a JianYing draft, the covers and delivery/<platform>.mp4. Written into the stagi
 the final folder, so the exported timelines point at media that exist once the folder is swapped in."""
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from pipeline.cache import place
 from pipeline.handoff import jianying, otio_timeline, timeline
 
 
@@ -32,10 +31,8 @@ def label_png(doc: dict[str, Any], font_path: str, out: Path) -> str:
 
 
 def _link(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+    """A cache file into the episode folder: a copy or a reflink, never a hard link (`cache.place`)."""
+    place(src, dst)
 
 
 def _remux(src: str, dst: Path) -> None:

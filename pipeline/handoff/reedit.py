@@ -102,13 +102,12 @@ def render(job: Any, shots: list[dict[str, Any]], previous: dict[str, Any], sour
     url = resolve_ledger_url(ledger_url)
     run_id = new_run_id(job)
     cache_root = str(job.cache_dir if job.cache_dir.is_absolute() else (Path.cwd() / job.cache_dir).resolve())
-    content_id = f"{job.drama}/{job.episode}/{job.config_hash()}"
     with shared_writer(url) as writer:
         info = RunInfo(run_id=run_id, job=job, cache_root=cache_root, sink=writer, ledger_url=url,
                        backends=registry_snapshot(), driver=driver_identity())
         try:
             result = ray.get(stage_task.options(num_cpus=1, max_retries=2, retry_exceptions=False).remote(
-                info, "edit", StageCall(None, {"shots": shots, "content_id": content_id}), ()))
+                info, "edit", StageCall(None, {"shots": shots}), ()))
         finally:
             close_attempts(url, writer, job, run_id)
             checkpoint = ray.get(writer.checkpoint.remote()).to_dict()
@@ -132,6 +131,8 @@ def render(job: Any, shots: list[dict[str, Any]], previous: dict[str, Any], sour
 def cut_manifest(job: Any, previous: dict[str, Any], edit: dict[str, Any], run_id: str, result: dict[str, Any],
                  source: Path) -> dict[str, Any]:
     """The previous manifest with the new cut's shots (each keeps its facts: scene, framing, seed…)."""
+    from pipeline.runner import corrupt_entries
+
     fps = job.stages.video.fps
     facts = {s["id"]: s for s in previous.get("shots", [])}
     shots = []
@@ -145,7 +146,8 @@ def cut_manifest(job: Any, previous: dict[str, Any], edit: dict[str, Any], run_i
             "run_id": run_id, "job_hash": job.config_hash(), "shots": shots,
             "duration_s": round(edit["duration_s"], 6), "fps": fps, "content_id": edit["content_id"],
             "audio_languages": edit["audio_languages"],
-            "cache": {"executions": 1, "hits": int(hit), "all_cached": hit, "edit_key": result["key"]},
+            "cache": {"executions": 1, "hits": int(hit), "all_cached": hit, "edit_key": result["key"],
+                      "corrupt_entries": corrupt_entries([("edit", None)], [result])},
             "attempts": {"retried": int(result.get("attempts", 1) > 1)},
             "outputs": {"episode": "episode.mp4",
                         "subtitles": {lang: {"srt": f"episode.{lang}.srt", "ass": f"episode.{lang}.ass"}

@@ -44,8 +44,10 @@ class LedgerError(RuntimeError):
 
 
 def default_ledger_url() -> str:
-    """$MICRODRAMA_LEDGER, else sqlite:///ledger.db."""
-    return os.environ.get(LEDGER_ENV) or DEFAULT_URL
+    """$MICRODRAMA_LEDGER, else sqlite:///ledger.db (in $MICRODRAMA_STATE_DIR when set: pipeline/state.py)."""
+    from pipeline import state
+
+    return os.environ.get(LEDGER_ENV) or state.default_ledger_url()
 
 
 def _now() -> str:

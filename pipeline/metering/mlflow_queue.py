@@ -8,11 +8,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-QUEUE = Path(os.environ.get("MICRODRAMA_MLFLOW_QUEUE", ".cache/microdrama/mlflow-queue"))
+QUEUE = Path(".cache/microdrama/mlflow-queue")  # under $MICRODRAMA_STATE_DIR when set (pipeline/state.py)
 
 
 def queue_dir() -> Path:
-    return Path(os.environ.get("MICRODRAMA_MLFLOW_QUEUE", str(QUEUE))).resolve()
+    from pipeline import state
+
+    return Path(os.environ.get("MICRODRAMA_MLFLOW_QUEUE") or state.state_path(QUEUE)).resolve()
 
 
 def log_or_queue(*, tracking_uri: str, job: Any, manifest: dict, usage: list[dict], costs: list[dict],

@@ -34,8 +34,11 @@ def absolute_sqlite(url: str) -> str:
 
 
 def tracking_uri_of(uri: str | None) -> str:
-    """--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (a relative SQLite path made absolute)."""
-    return absolute_sqlite(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
+    """--tracking-uri, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (in $MICRODRAMA_STATE_DIR when set,
+    pipeline/state.py; a relative SQLite path made absolute)."""
+    from pipeline import state
+
+    return absolute_sqlite(uri or os.environ.get("MLFLOW_TRACKING_URI") or state.default_tracking_uri())
 
 
 def redact_params(options: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -126,7 +129,8 @@ def log_episode(*, tracking_uri: str, job: Any, manifest: dict[str, Any], usage:
     total_cost = exact_sum(c["amount"] for c in costs)
     tags = {"company": job.company, "drama": job.drama, "episode": job.episode, "profile": job.profile,
             "microdrama.run_id": manifest["run_id"], "job_hash": manifest["job_hash"],
-            "microdrama.kind": "episode", "total_cost_cny": str(total_cost)}
+            "microdrama.kind": "episode", "total_cost_cny": str(total_cost),
+            "cache.corrupt_entries": str(len(manifest["cache"].get("corrupt_entries") or []))}
     if (manifest.get("reedit") or {}).get("previous_run"):
         tags["microdrama.base_run"] = manifest["reedit"]["previous_run"]  # a re-cut: finance counts its base
     if delayed_from:
@@ -142,7 +146,8 @@ def log_episode(*, tracking_uri: str, job: Any, manifest: dict[str, Any], usage:
         mlflow.log_metrics({"duration_s": duration, "cost_cny": float(total_cost),
                             "cost_per_minute_cny": float(total_cost) / (duration / 60) if duration else 0.0,
                             "cache_hits": manifest["cache"]["hits"],
-                            "executions": manifest["cache"]["executions"]})
+                            "executions": manifest["cache"]["executions"],
+                            "cache_corrupt_entries": len(manifest["cache"].get("corrupt_entries") or [])})
         money = stage_money(costs)
         for stage in [s for s in STAGE_ORDER if s in metrics]:
             _log_stage(mlflow, job, stage, metrics[stage], money.get(stage, {}), parent.info.run_id)

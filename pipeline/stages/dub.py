@@ -44,7 +44,8 @@ class DubStage:
         voices = {n: _voice(script, self.job, n) for n in sorted({ln.speaker for ln in shot.lines})}
         return [self.name, VERSION, t.backend, t.options, voices, self.languages, self.job.languages,
                 self.job.stages.dub.model_dump(), self.job.stages.video.fps,
-                [ln.model_dump(mode="json", exclude={"source_line"}) for ln in shot.lines], shot.duration_s]
+                [ln.model_dump(mode="json", exclude={"source_line", "parenthetical"}) for ln in shot.lines],
+                shot.duration_s]  # (a parenthetical reaches the voice as its emotion, which is in the key)
 
     def run(self, call: StageCall, run: StageRun) -> dict[str, Any]:
         shot: Shot = call.inputs["shot"]

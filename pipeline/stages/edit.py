@@ -20,12 +20,13 @@ from typing import Any
 import ffmpeg
 import numpy as np
 
-from pipeline.cache import file_digest
+from pipeline.cache import digest, file_digest
 from pipeline.handoff import stage as handoff
 from pipeline.handoff.timeline import apply_trims
 from pipeline.job import Job
 from pipeline.stages import StageCall, StageRun
 from pipeline.stages.dub import SAMPLE_RATE, read_wav, write_audio
+from pipeline import subtitles as subtitle_rules
 from pipeline.subtitles import events, write_ass, write_srt
 
 VERSION = 1
@@ -44,13 +45,23 @@ class EditStage:
     def cache_key_parts(self, call: StageCall) -> list[Any]:
         shots = call.inputs["shots"]
         return [self.name, VERSION, self.job.stages.edit.model_dump(), self.job.languages,
-                self.job.stages.video.fps, self.job.drama, self.job.episode, self.job.company,
+                self.job.stages.video.fps, self.job.drama, self.job.episode, self.job.company, self.job.title,
                 [(s["id"], file_digest(s["clip"]), {k: file_digest(v) for k, v in s["audio"].items()},
-                  s["lines"], s["duration_s"], s.get("trim")) for s in shots], handoff.cache_parts(self.job)]
+                  s["lines"], s["duration_s"], s.get("trim")) for s in shots], handoff.cache_parts(self.job),
+                file_digest(Path(subtitle_rules.__file__))[:16]]  # the cue timing and wrapping rules
+
+    def produce_id(self, call: StageCall) -> str:
+        """The AIGC label's ProduceID (GB 45438-2025): `<drama>/<episode>/<digest>`, the digest of everything
+        the episode's content is made from (every shot's clip and dub audio bytes, its lines and timing,
+        the edit settings, the title and company, the languages): a new cut gets a new ID, an unchanged
+        re-run keeps it."""
+        return f"{self.job.drama}/{self.job.episode}/{digest(*self.cache_key_parts(call))[:32]}"
 
     def run(self, call: StageCall, run: StageRun) -> dict[str, Any]:
         e = self.job.stages.edit
-        (run.workdir / "inputs.json").write_text(json.dumps(call.inputs, ensure_ascii=False), "utf-8")
+        content_id = self.produce_id(call)
+        (run.workdir / "inputs.json").write_text(json.dumps({**call.inputs, "content_id": content_id},
+                                                            ensure_ascii=False), "utf-8")
         shots = timeline(apply_trims(call.inputs["shots"], self.job.stages.video.fps, SAMPLE_RATE, run.workdir))
         dub_langs = list(shots[0]["audio"]) if shots else []
         subs = self.write_subtitles(shots, run.workdir)
@@ -60,7 +71,6 @@ class EditStage:
                        for lang, path in tracks.items()}
             loud = {lang: f.result() for lang, f in futures.items()}
         out = run.workdir / "episode.mp4"
-        content_id = call.inputs.get("content_id") or f"{self.job.drama}/{self.job.episode}"
         graph = build_graph(self.job, [s["clip"] for s in shots], tracks, loud, subs, out, content_id)
         run_ffmpeg(graph)
         handed = handoff.finish(self.job, shots, subtitles=subs, tracks=tracks, loudness=loud, master=str(out),

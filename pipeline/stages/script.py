@@ -29,7 +29,11 @@ class ScriptStage:
     def cache_key_parts(self, call: StageCall) -> list[Any]:
         s = self.job.stages.script
         text = screenplay_text(self.job)  # bounded, regular file, UTF-8 (pipeline/safe_io.py)
-        return [self.name, VERSION, s.backend, s.options, text, self.job.languages[0], self.job.seed]
+        from models.registry import resolve
+
+        writes = is_writer(resolve("script", s.backend))  # only a writer model samples with the seed
+        return [self.name, VERSION, s.backend, s.options, text, self.job.languages[0],
+                self.job.seed if writes else None]
 
     def run(self, call: StageCall, run: StageRun) -> dict[str, Any]:
         from pipeline import screenplay

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.job import Job
-from pipeline.script import Script
+from pipeline.script import Script, Shot
 from pipeline.stages import StageCall, StageRun, report_all
 
 VERSION = 1
@@ -17,6 +17,17 @@ def shot_seed(job_seed: int, shot_id: str) -> int:
     return (job_seed * 1_000_003 + zlib.crc32(shot_id.encode())) % (2**31)
 
 
+def draws_dialogue(backend: str) -> bool:
+    """Whether a storyboard backend's picture depends on the shot's dialogue (its class says
+    `draws_dialogue = False` when not, e.g. text-to-image models prompted from action and place)."""
+    from models.registry import resolve
+
+    try:
+        return bool(getattr(resolve("storyboard", backend), "draws_dialogue", True))
+    except Exception:  # an unknown backend is named by validate(); keep the key conservative
+        return True
+
+
 @dataclass(frozen=True)
 class StoryboardStage:
     job: Job
@@ -25,13 +36,25 @@ class StoryboardStage:
     writes: tuple[str, ...] = ("image",)
 
     def cache_key_parts(self, call: StageCall) -> list[Any]:
+        """Everything the backend may draw from: the shot (its dialogue too when the backend draws it:
+        `draws_dialogue`, default True — the procedural panel captions a shot without action with its
+        first line and stages every speaker), the scene heading, each drawn character's entry in the
+        cast (description, names, voice hints) and its place in the cast (it picks the colours)."""
         s = self.job.stages.storyboard
-        shot = call.inputs["shot"]
-        # dialogue does not change the picture: a changed line re-renders only dub (and video if timing moves)
-        visual = {k: v for k, v in shot.model_dump(mode="json").items() if k not in ("lines", "source_line")}
-        chars = {n: call.inputs["script"].characters[n].model_dump(mode="json")
-                 for n in shot.characters if n in call.inputs["script"].characters}
-        return [self.name, VERSION, s.backend, s.options, s.width, s.height, visual, chars,
+        shot: Shot = call.inputs["shot"]
+        script: Script = call.inputs["script"]
+        dialogue = draws_dialogue(s.backend)
+        visual = shot.model_dump(mode="json", exclude={"source_line", "lines"})
+        names = list(shot.characters)
+        if dialogue:
+            visual["lines"] = [ln.model_dump(mode="json", exclude={"source_line", "parenthetical"})
+                               for ln in shot.lines]
+            names += [ln.speaker for ln in shot.lines]
+        cast = list(script.characters)
+        chars = {n: {**script.characters[n].model_dump(mode="json"), "cast_index": cast.index(n)}
+                 for n in dict.fromkeys(names) if n in script.characters}
+        heading = next((sc.heading for sc in script.scenes if sc.number == shot.scene), "")
+        return [self.name, VERSION, s.backend, s.options, s.width, s.height, visual, chars, heading,
                 shot_seed(self.job.seed, shot.id)]
 
     def run(self, call: StageCall, run: StageRun) -> dict[str, Any]:
