@@ -196,6 +196,7 @@ class Job(_Frozen):
     budget: Budget = Budget()
     stages: Stages = Stages()
     delivery: list[str] = Field(default_factory=list, max_length=16)  # platform presets (configs/delivery)
+    treatment: bool | None = None  # the screenplay: file is a treatment (None: it says so itself, Format: treatment)
     job_dir: Path = Path(".")  # folder of the job file; relative paths resolve against it
 
     @field_validator("title", "company")
