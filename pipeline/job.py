@@ -178,7 +178,8 @@ class Budget(_Frozen):
     @classmethod
     def _exact(cls, v: Any) -> Any:
         if isinstance(v, float):
-            raise ValueError("write money as a string, e.g. \"50.00\" (floats are inexact)")
+            raise ValueError("write money as a string, e.g. max_cny: \"50.00\" in YAML (a YAML float is "
+                             "inexact); on the command line budget.max_cny=50.00 is read exactly")
         try:
             amount = None if v is None else Decimal(str(v))
         except InvalidOperation as exc:
@@ -212,6 +213,7 @@ class Job(_Frozen):
     budget: Budget = Budget()
     stages: Stages = Stages()
     delivery: list[str] = Field(default_factory=list, max_length=16)  # platform presets (configs/delivery)
+    treatment: bool | None = None  # the screenplay: file is a treatment (None: it says so itself, Format: treatment)
     job_dir: Path = Path(".")  # folder of the job file; relative paths resolve against it
 
     @field_validator("title", "company")
@@ -287,9 +289,27 @@ def _check_bounded(data: Any, path: Path) -> None:
             stack.extend((v, depth + 1) for v in node)
 
 
+def money_paths(model: type[BaseModel] | None = None, prefix: str = "") -> frozenset[str]:
+    """Dotted paths of the job's Decimal (money) fields, e.g. {"budget.max_cny"}, read from the schema."""
+    model = model or Job
+    paths: set[str] = set()
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ()) or (annotation,)
+        if Decimal in args:
+            paths.add(prefix + name)
+        for arg in args:
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                paths |= money_paths(arg, f"{prefix}{name}.")
+    return frozenset(paths)
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, copying as it goes."""
+    """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict, copying as it goes.
+
+    A money field's value (`budget.max_cny=0.5`) is its text, handed to Decimal as written: never a float."""
     out = json.loads(json.dumps(data, default=str))
+    money = money_paths()
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -301,6 +321,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise JobError(f"override {item!r}: {part} is not a section")
             node = child
+        if key in money:
+            node[parts[-1]] = _money_text(raw)
+            continue
         try:  # the value as YAML, through the bounded loader (dates stay text, no 5,000-digit numbers)
             node[parts[-1]] = yaml.load(raw, Loader=safe_io.BoundedLoader)  # noqa: S506 - a SafeLoader
         except (yaml.constructor.ConstructorError, yaml.composer.ComposerError) as exc:
@@ -308,6 +331,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         except yaml.YAMLError:  # not YAML at all: the text itself
             node[parts[-1]] = raw
     return out
+
+
+def _money_text(raw: str) -> str | None:
+    """The override's text for a money field: quotes around it dropped, `null`/`~`/empty meaning none."""
+    text = raw.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1].strip()
+    return None if text in ("", "null", "Null", "NULL", "~") else text
 
 
 def load_profile(name: str, job_dir: Path | None = None) -> Profile:

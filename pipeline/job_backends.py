@@ -54,15 +54,53 @@ def is_writer(cls: type) -> bool:
     return hasattr(cls, "write") and not hasattr(cls, "reads_file")
 
 
+def declares_treatment(path: Path) -> bool:
+    """Whether the file says it is a treatment: a `Format: treatment` line in its title page."""
+    from pipeline import safe_io
+
+    try:
+        text = safe_io.read_text(path, "screenplay", max_bytes=1024 * 1024)
+    except safe_io.InputError:
+        return False  # unreadable: the parser that reads it next says why
+    for line in text.lstrip("\ufeff").splitlines():
+        if not line.strip():
+            break  # the title page ends at the first blank line
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == "format" and value.strip().lower() == "treatment":
+            return True
+    return False
+
+
+def is_treatment(job: Job) -> bool:
+    """The job's source is a treatment only when the job says so (`treatment: true`) or the file does
+    (`Format: treatment`); `treatment: false` overrides the file. Never guessed from the backend."""
+    if job.treatment is not None:
+        return job.treatment
+    return declares_treatment(screenplay_path(job))
+
+
 def read_source(job: Job) -> Any:
-    """What the job's `screenplay:` file must be for its script backend, parsed (ScreenplayError otherwise):
-    a Script for a file-reading backend, a Treatment for a screenwriter."""
+    """What the job's `screenplay:` file is, parsed (ScreenplayError otherwise): a Treatment when the job
+    or the file declares one, else a Script; a JobError when the script backend cannot take it (a
+    screenwriter given a screenplay would throw its dialogue away; a reader cannot expand beats)."""
     from models.registry import resolve
     from pipeline import screenplay
+    from pipeline.errors import JobError
 
     path = screenplay_path(job)
-    if is_writer(resolve("script", job.stages.script.backend)):
+    backend = job.stages.script.backend
+    writer = is_writer(resolve("script", backend))
+    if is_treatment(job):
+        if not writer:
+            raise JobError(f"treatment: {job.screenplay} is a treatment but stages.script.backend {backend!r} "
+                           "reads a written screenplay; choose a screenwriter (stages.script.backend=llm-tiny, "
+                           "smollm2, hf-causal-lm or openai-api) or give a screenplay")
         return screenplay.load_treatment(path)
+    if writer:
+        raise JobError(f"treatment: {job.screenplay} is a screenplay (neither the job's treatment: true nor a "
+                       f"'Format: treatment' line says it is a treatment) but stages.script.backend {backend!r} "
+                       "writes one from a treatment and would drop its dialogue; use it as written with "
+                       "stages.script.backend=fountain, or set treatment: true if the file is a treatment")
     return screenplay.load(path, language=job.primary_language)
 
 

@@ -96,8 +96,19 @@ def _flatten(path: str, value: Any) -> dict[str, Any]:
 
 
 def as_cli(overrides: dict[str, Any]) -> list[str]:
-    """{dotted key: value} → `KEY=VALUE` strings as `microdrama run` and `load_job` take them (JSON is YAML)."""
-    return [f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in overrides.items()]
+    """{dotted key: value} → `KEY=VALUE` strings as `microdrama run` and `load_job` take them (JSON is YAML;
+    a string YAML reads back as itself is written bare: `profile=tiny`, not `profile="tiny"`)."""
+    return [f"{k}={_cli_value(v)}" for k, v in overrides.items()]
+
+
+def _cli_value(value: Any) -> str:
+    if isinstance(value, str) and value and value.strip() == value and not set(value) & set(",[]{}#:'\"&*!|>%@`"):
+        try:
+            if yaml.safe_load(value) == value:
+                return value
+        except yaml.YAMLError:
+            pass
+    return json.dumps(value, ensure_ascii=False)
 
 
 def parse_cli(items: Sequence[str]) -> dict[str, Any]:
@@ -296,22 +307,32 @@ class Tuner:
         return dict(self.chosen)
 
     def overrides_cli(self) -> list[str]:
-        """The chosen settings as `KEY=VALUE` arguments for `microdrama run JOB.yaml …`."""
-        return as_cli(self.chosen)
+        """The chosen settings as `KEY=VALUE` arguments for `microdrama run JOB.yaml …`, led by the profile
+        they were tuned on: backend options (`steps`, `character_seeds`) belong to that profile's backends,
+        and the job's own profile may run others that do not take them."""
+        return as_cli({"profile": self.job.profile, **self.chosen})
+
+    def command_args(self) -> list[str]:
+        """The arguments after `microdrama run` (or `microdrama validate`): the job file, then the overrides."""
+        return [str(self.job_path), *self.overrides_cli()]
 
     def command(self) -> str:
-        """The shell command that runs the episode with the chosen settings (arguments quoted)."""
+        """The shell command that runs the episode with the chosen settings, exactly as tuned (quoted)."""
         import shlex
 
-        return shlex.join(["microdrama", "run", str(self.job_path), *self.overrides_cli()])
+        return shlex.join(["microdrama", "run", *self.command_args()])
 
     def overrides_yaml(self) -> str:
-        """The chosen settings as a YAML snippet to paste at the top level of the job file."""
+        """The chosen settings as a YAML snippet to paste at the top level of the job file (with the
+        profile they were tuned on when it is not the job file's own)."""
         if not self.chosen:
             return "# nothing chosen yet: the job's own settings\n"
         head = (f"# tuned with pipeline.tuning on {self.job_path.name} (profile {self.job.profile}); "
                 "paste at the top level of the job's YAML\n")
-        return head + yaml.safe_dump(nest(self.chosen), allow_unicode=True, sort_keys=False,
+        own = load_job(self.job_path, [f"cache_dir={self.workdir / 'cache'}",
+                                       f"output_dir={self.workdir / 'out'}"]).profile
+        chosen = self.chosen if own == self.job.profile else {"profile": self.job.profile, **self.chosen}
+        return head + yaml.safe_dump(nest(chosen), allow_unicode=True, sort_keys=False,
                                      default_flow_style=False)
 
     def usage_table(self) -> Any:

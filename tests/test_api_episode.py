@@ -64,7 +64,7 @@ def api_runs(tmp_path_factory, ray_session):
     ds = {"base_url": f"{base}/api/v1", "poll_s": 0.05, **key}
     chat = {"base_url": f"{base}/compatible-mode/v1", **key}
     job_data = {"drama": "api-demo", "episode": "ep01", "title": "替身合同", "company": "示例影业",
-                "languages": ["zh", "en"], "profile": "api", "screenplay": "treatment.fountain", "seed": 7,
+                "languages": ["zh", "en"], "profile": "api", "screenplay": "treatment.fountain", "treatment": True, "seed": 7,
                 "budget": {"max_cny": "50.00"},
                 "stages": {"script": {"options": chat}, "translate": {"options": chat},
                            "storyboard": {"options": ds, "width": 480, "height": 832},

@@ -72,3 +72,26 @@ def test_override_syntax() -> None:
     assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}
     with pytest.raises(JobError, match="expected KEY=VALUE"):
         apply_overrides({}, ["novalue"])
+
+
+@pytest.mark.parametrize("raw, exact", [("0.5", "0.5"), ("0.1", "0.1"), ("'0.30'", "0.30"), ('"12.345"', "12.345"),
+                                        ("20", "20"), ("1e-2", "0.01"),
+                                        ("0.1000000000000000055511151231257827", "0.1000000000000000055511151231257827")])
+def test_money_override_is_plain_text_to_decimal(tmp_path: Path, raw: str, exact: str) -> None:
+    """`budget.max_cny=0.5` works unquoted and its text goes to Decimal as written (no float on the way:
+    0.1 stays 0.1, not 0.1000000000000000055…)."""
+    from decimal import Decimal
+
+    job = load_job(write_job(tmp_path, BASE), [f"budget.max_cny={raw}"])
+    assert job.budget.max_cny == Decimal(exact) and str(job.budget.max_cny) == str(Decimal(exact))
+
+
+def test_money_override_errors_and_yaml_float_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match="budget.max_cny: not a decimal amount"):
+        load_job(write_job(tmp_path, BASE), ["budget.max_cny=cheap"])
+    with pytest.raises(JobError, match="budget.max_cny: must be a finite amount >= 0"):
+        load_job(write_job(tmp_path, BASE), ["budget.max_cny=-1"])
+    assert load_job(write_job(tmp_path, BASE + "budget: {max_cny: '9'}\n"), ["budget.max_cny=null"]).budget.max_cny is None
+    with pytest.raises(JobError) as exc:  # a float in a YAML file stays an error, and says how to write it
+        load_job(write_job(tmp_path, BASE + "budget: {max_cny: 0.5}\n"))
+    assert 'max_cny: "50.00"' in str(exc.value) and "budget.max_cny=50.00" in str(exc.value)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from models import tiny
 from models.registry import BackendResult, resolve
+from pipeline.errors import JobError
 from pipeline.script import Character, Line, Scene, Script, Shot
 
 pytest.importorskip("diffusers")
@@ -191,8 +192,7 @@ def test_marian_tiny_keeps_glossary_names_exact():
     assert _tools(r)["marian-tiny"][0] == "char"
     assert backend.translate(texts, src="zh", tgt="en", glossary={"林晓": "Lin Xiao"}).outputs["texts"][0] == out[0]
     opus = resolve("translate", "opus-mt-zh-en")
-    with pytest.raises(ValueError, match="zh→en only"):
-        opus.__new__(opus).check_pair("en", "fr")  # checked before any model work
+    assert "zh→en only" in opus.pair_problem("en", "fr", {})  # asked by validate, before any model work
 
 
 # ---------------------------------------------------------------- script (LLM screenwriter)
@@ -316,6 +316,7 @@ def test_validate_and_run_refuse_a_real_profile_without_weights_before_any_work(
 
 TREATMENT = """\
 Title: 替身合同
+Format: treatment
 Logline: 实习生林晓被迫签下替身合同，假扮总裁顾辰的前女友。
 Language: zh
 
@@ -349,8 +350,12 @@ def test_a_screenwriter_expands_the_jobs_treatment(tmp_path):
     script = load_script(ScriptStage(job).run(StageCall(None), run))
     assert [s.shots[0].action for s in script.scenes] == list(treatment.beats)  # the tiny model's gibberish was
     assert usage and usage[0][1] == "token"                                     # repaired from the beats
-    with pytest.raises(screenplay.ScreenplayError, match="no scene headings"):  # a treatment is no screenplay
-        read_source(load_job(tmp_path / "job" / "job.yaml", ["stages.script.backend=fountain"]))
+    with pytest.raises(JobError, match="is a treatment but stages.script.backend 'fountain' reads"):
+        read_source(load_job(tmp_path / "job" / "job.yaml", ["stages.script.backend=fountain",
+                                                                    "stages.script.options={}"]))
+    with pytest.raises(screenplay.ScreenplayError, match="no scene headings"):  # treatment: false overrides the file
+        read_source(load_job(tmp_path / "job" / "job.yaml", ["stages.script.backend=fountain",
+                                                             "stages.script.options={}", "treatment=false"]))
     with pytest.raises(screenplay.ScreenplayError, match="logline or beats"):
         screenplay.parse_treatment("Title: x\n\n")
 
@@ -364,7 +369,46 @@ def test_cli_validates_a_treatment_for_a_screenwriter(tmp_path):
     res = cli("validate", str(tmp_path / "job.yaml"), f"output_dir={tmp_path / 'out'}")
     assert res.exit_code == 0 and "beats=3 (treatment)" in res.output, res.output
     res = cli("validate", str(tmp_path / "job.yaml"), f"output_dir={tmp_path / 'out'}", "stages.script.backend=fountain")
-    assert res.exit_code == 2 and "no scene headings" in res.output
+    assert res.exit_code == 2 and "is a treatment but stages.script.backend 'fountain'" in res.output
+
+
+SCREENPLAY_WITH_DIALOGUE = """\
+Title: 替身合同
+Language: zh
+
+INT. 办公室 - 日
+
+林晓
+你是谁？
+
+顾辰
+签了它。
+"""
+
+
+@pytest.mark.parametrize("profile_args", [["profile=api"], ["stages.script.backend=llm-tiny"]])
+def test_a_screenplay_is_never_read_as_a_treatment(tmp_path, profile_args):
+    """A screenwriter backend (the api profile's openai-api, llm-tiny) given a full screenplay the job does not
+    call a treatment is refused with the fix, instead of reading it as beats and dropping the dialogue; with
+    the fix applied (fountain) the dialogue is all there."""
+    from pipeline.job import load_job
+    from pipeline.stages.script import read_source
+    from tests.tiny_jobs import cli
+
+    (tmp_path / "episode.fountain").write_text(SCREENPLAY_WITH_DIALOGUE, encoding="utf-8")
+    (tmp_path / "job.yaml").write_text("drama: d\nepisode: e\nscreenplay: episode.fountain\n", encoding="utf-8")
+    args = [f"output_dir={tmp_path / 'out'}", *profile_args]
+    with pytest.raises(JobError, match="is a screenplay .* would drop its dialogue; use it as written with "
+                                       "stages.script.backend=fountain, or set treatment: true"):
+        read_source(load_job(tmp_path / "job.yaml", args))
+    res = cli("validate", str(tmp_path / "job.yaml"), *args)
+    assert res.exit_code == 2 and "would drop its dialogue" in res.output and "Traceback" not in res.output
+    script = read_source(load_job(tmp_path / "job.yaml", [*args, "stages.script.backend=fountain",
+                                                          "stages.script.options={}"]))
+    assert [line.text["zh"] for shot in script.shots for line in shot.lines] == ["你是谁？", "签了它。"]
+    # the job saying so makes the same file a treatment (then it is one paragraph-beat per block)
+    treatment = read_source(load_job(tmp_path / "job.yaml", [*args, "treatment=true"]))
+    assert treatment.beats and not hasattr(treatment, "shots")
 
 
 def test_wan22_names_its_weights_and_takes_704x1280():

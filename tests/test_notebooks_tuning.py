@@ -209,9 +209,11 @@ def test_tuner_applies_chosen_and_session_settings_and_reports_only_the_chosen(t
     assert [s.id for s in tuner.shots][:2] == ["s01-sh01", "s01-sh02"]
     tuner.choose("dub", max_stretch=1.3)
     assert tuner.job.stages.dub.max_stretch == 1.3 and tuner.job.stages.storyboard.options["steps"] == 3
-    assert yaml.safe_load(tuner.overrides_yaml()) == {"stages": {"storyboard": {"options": {"steps": 3}},
+    assert yaml.safe_load(tuner.overrides_yaml()) == {"profile": "tiny",  # tuned on tiny, the job says preview-cpu
+                                                      "stages": {"storyboard": {"options": {"steps": 3}},
                                                                  "dub": {"max_stretch": 1.3}}}
     assert "stages.dub.max_stretch=1.3" in tuner.command() and "fps" not in tuner.command()
+    assert tuner.command_args()[1] == "profile=tiny"
     assert tuner.job.cache_dir == tmp_path / "cache"
     with pytest.raises(Exception, match="max_stretch"):
         tuner.choose("dub", max_stretch=5)  # refused at once, with the field named
@@ -228,3 +230,45 @@ def test_tuner_holds_one_backend_per_stage_and_replaces_choices_by_key(tmp_path)
     assert tuner.chosen == {"stages.tts.voices.顾辰.espeak": "cmn+m3", "stages.tts.voices.顾辰.pitch": "30"}
     tuner.choose("dub", **{"stages.tts.voices": {}})  # a whole section replaces its leaves
     assert tuner.chosen == {"stages.tts.voices": {}}
+
+
+# ---------------------------------------------------------------- the printed command runs as printed
+
+def printed_command(run: dict) -> list[str]:
+    """The `microdrama run …` line the notebook's last cell printed, split as a shell would."""
+    import shlex
+
+    (line,) = [ln for ln in text(tagged(run["nb"], "choose")).splitlines() if ln.startswith("microdrama run ")]
+    return shlex.split(line)
+
+
+@pytest.mark.parametrize("fixture, profile", [("storyboard_run", "tiny"), ("video_run", "tiny"),
+                                              ("voice_run", "preview-cpu")])
+def test_the_printed_command_validates_exactly_as_printed(fixture, profile, request):
+    """The command names the profile the settings were tuned on, so options such as `steps` and
+    `character_seeds` reach the backends that take them; `microdrama validate` with exactly its arguments
+    (which builds every backend with its options) passes."""
+    from tests.tiny_jobs import cli
+
+    args = printed_command(request.getfixturevalue(fixture))
+    assert args[:2] == ["microdrama", "run"] and f"profile={profile}" in args[3:], args
+    res = cli("validate", *args[2:])
+    assert res.exit_code == 0 and f"profile={profile}" in res.output, res.output
+    if profile == "tiny":  # without the profile the job's own (preview-cpu) backends would refuse the options
+        res = cli("validate", *[a for a in args[2:] if not a.startswith("profile=")])
+        assert res.exit_code == 2 and "unknown option for backend" in res.output, res.output
+
+
+def test_the_voice_notebooks_command_runs(voice_run, tmp_path):
+    """A real run of the printed command (preview-cpu, the cheapest profile) as a separate process, only the
+    output and cache folders pointed at the test's folder (its ledger and MLflow files land in its cwd)."""
+    import json
+    import subprocess
+
+    args = printed_command(voice_run)[2:]
+    res = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", *args, "--quiet",
+                          f"output_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    manifest = json.loads((tmp_path / "out" / "ceo-stand-in" / "ep01" / "manifest.json").read_text("utf-8"))
+    assert manifest["profile"] == "preview-cpu" and manifest["backends"]["dub"] == "espeak-ng"

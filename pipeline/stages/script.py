@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.job import Job
-from pipeline.job_backends import is_writer, screenplay_path, screenplay_text  # noqa: F401  (is_writer: re-exported)
+from pipeline.job_backends import (  # noqa: F401  (is_writer: re-exported)
+    is_treatment, is_writer, screenplay_path, screenplay_text)
 from pipeline.job_backends import read_source as _parse_source
 from pipeline.script import Script
 from pipeline.stages import StageCall, StageRun, report_all
@@ -40,7 +41,7 @@ class ScriptStage:
 
         backend = run.backend
         source = self.screenplay_path()
-        if is_writer(type(backend)):
+        if is_writer(type(backend)) and is_treatment(self.job):  # read_source refused every other pairing
             treatment = screenplay.load_treatment(source)
             result = backend.write(logline=treatment.logline or treatment.title or self.job.title,
                                    beats=list(treatment.beats), language=treatment.language or self.job.primary_language,
