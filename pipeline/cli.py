@@ -21,6 +21,7 @@ SUBAPPS = {
     "ledger": ("pipeline.metering.ledger_cli:app", "Tamper-evident ledger: verify, prove, checkpoint."),
     "claims": ("pipeline.finance.claims_cli:app", "Subsidy claims: evaluate, build, packet."),
     "mlflow": ("pipeline.metering.mlflow_cli:app", "Runs queued while MLflow was unreachable: pending, flush."),
+    "cast": ("pipeline.cast_cli:app", "Character sheets of a series: status, approve."),
 }
 
 

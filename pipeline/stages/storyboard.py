@@ -6,9 +6,10 @@ from typing import Any
 
 from pipeline.job import Job
 from pipeline.script import Script
+from pipeline.series import shot_characters_key
 from pipeline.stages import StageCall, StageRun, report_all
 
-VERSION = 1
+VERSION = 2  # 2: characters keyed by bible entry, reference images by content, cast position
 
 
 def shot_seed(job_seed: int, shot_id: str) -> int:
@@ -29,8 +30,9 @@ class StoryboardStage:
         shot = call.inputs["shot"]
         # dialogue does not change the picture: a changed line re-renders only dub (and video if timing moves)
         visual = {k: v for k, v in shot.model_dump(mode="json").items() if k not in ("lines", "source_line")}
-        chars = {n: call.inputs["script"].characters[n].model_dump(mode="json")
-                 for n in shot.characters if n in call.inputs["script"].characters}
+        # only this shot's characters (bible entries, reference images by content): changing one character
+        # re-renders only the shots it is in
+        chars = shot_characters_key(call.inputs["script"], shot.characters)
         return [self.name, VERSION, s.backend, s.options, s.width, s.height, visual, chars,
                 shot_seed(self.job.seed, shot.id)]
 

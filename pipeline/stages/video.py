@@ -23,7 +23,7 @@ class VideoStage:
     def cache_key_parts(self, call: StageCall) -> list[Any]:
         s = self.job.stages.video
         shot = call.inputs["shot"]
-        motion = {k: shot.model_dump(mode="json")[k] for k in ("id", "camera", "framing", "action")}
+        motion = {k: shot.model_dump(mode="json")[k] for k in ("id", "camera", "framing", "action", "characters")}
         return [self.name, VERSION, s.backend, s.options, s.width, s.height, s.fps, motion,
                 file_digest(call.inputs["storyboard"]["image"]), call.inputs["dub"]["duration_s"],
                 shot_seed(self.job.seed, shot.id)]
