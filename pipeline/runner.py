@@ -204,6 +204,12 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
         sub.close()
     manifest = build_manifest(job, info, script, per_shot, results)
     manifest["cast"] = cast
+    cast_runs = [entry["cache_hit"] for entry in cast.values() if "cache_hit" in entry]
+    if cast_runs:  # the cast stage's executions count with the others
+        c = manifest["cache"]
+        c["executions"] += len(cast_runs)
+        c["hits"] += sum(cast_runs)
+        c["all_cached"] = c["hits"] == c["executions"]
     manifest["actors"] = sub.actor_stats  # resident models: one load per actor, many shots each
     return manifest, results["edit"]["outputs"]
 

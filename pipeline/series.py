@@ -188,7 +188,7 @@ def for_job(job: Any) -> Series | None:
 def load(path: str | Path) -> Series:
     """Read a bible through the bounded reader and check every field; JobError listing every problem."""
     path = Path(path).resolve()
-    where = f"series {path.name}"
+    where = path.name
     try:
         data = safe_io.load_yaml(path, "series", max_bytes=MAX_SERIES_BYTES, max_values=MAX_SERIES_VALUES)
     except safe_io.InputError as exc:
@@ -441,9 +441,23 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def planned_sheets(job: Any, script: Script) -> int:
+    """Character sheets a run of `job` on `script` will make (for the estimate and the budget guard)."""
+    series = for_job(job)
+    if not needs_sheet(job, series):
+        return 0
+    if series is not None:
+        try:
+            script = apply(script, series)
+        except UserError:  # a treatment's stand-in speakers, or a cue the bible lacks (validate names it)
+            return 0
+    present = {n for s in script.shots for n in (*s.characters, *(ln.speaker for ln in s.lines))}
+    return sum(1 for n, c in script.characters.items() if n in present and not c.reference_images)
+
+
 def needs_sheet(job: Any, series: Series | None) -> bool:
     """Whether the job's run makes character sheets: `cast.sheets`, by default on for a series job."""
-    sheets = job.cast.sheets
+    sheets = getattr(getattr(job, "cast", None), "sheets", None)
     return series is not None if sheets is None else bool(sheets)
 
 

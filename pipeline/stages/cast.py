@@ -28,10 +28,9 @@ def character_seed(char: Character) -> int:
 
 def sheet_shot(char: Character, view: str) -> Shot:
     """The synthetic shot a storyboard backend draws for one view of the sheet: the character alone."""
-    framing, pose = VIEWS[view]
-    looks = f"{char.name}: {char.description}" if char.description else char.name
+    framing, pose = VIEWS[view]  # the backend's prompt adds the character's names and description
     return Shot(id=f"cast-{view}", scene=0, index=list(VIEWS).index(view) + 1, location=f"character sheet · {char.name}",
-                interior=True, framing=framing, camera="hold", action=f"{looks}. {pose}", characters=(char.name,))
+                interior=True, framing=framing, camera="hold", action=pose, characters=(char.name,))
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,8 @@ class CastStage:
         name = call.inputs["character"]
         char = script.characters[name]
         look = {k: v for k, v in character_key(char, list(script.characters).index(name)).items()
-                if k in ("name", "names", "description", "seed", "cast_index")}  # not the voice
+                if k in ("name", "names", "description", "seed", "cast_index")}
+        look["figure"] = {k: char.voice.get(k) for k in ("gender", "age")}  # drawn; the voice ids are not
         return [self.name, VERSION, s.backend, s.options, s.width, s.height, look, call.inputs.get("series", "")]
 
     def run(self, call: StageCall, run: StageRun) -> dict[str, Any]:
