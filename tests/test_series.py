@@ -333,3 +333,31 @@ def test_series_run_stops_for_approval_then_rerenders_only_the_changed_character
                     "s01-sh03": {"storyboard": False, "dub": True, "video": False}}  # he is seen, silent
     assert {n: (e["status"], e["cache_hit"]) for n, e in again["cast"].items()} == {
         "林晓": ("approved", True), "顾辰": ("generated", False)}  # his new look awaits approval again
+
+
+def test_translation_glossary_takes_the_bible_names(tmp_path) -> None:
+    from pipeline import series
+    from pipeline.screenplay import parse
+    from pipeline.stages.translate import _glossary, bible_names
+
+    [job_path] = write_series(tmp_path / "s")
+    job = load_job(job_path, places(tmp_path))
+    script = parse(SCREENPLAY)  # no Characters: block, so the screenplay alone knows no English names
+    assert _glossary(script, "zh", "en", {}) == {}
+    assert _glossary(script, "zh", "en", {}, bible_names(job)) == {"林晓": "Lin Xiao", "顾辰": "Gu Chen"}
+    assert series.for_job(job).characters["林晓"].names == {"en": "Lin Xiao"}
+
+
+def test_bible_goes_through_the_bounded_reader(tmp_path) -> None:
+    from pipeline import series
+
+    bad = tmp_path / "series.yaml"
+    bad.write_text("series: s\ncharacters:\n  林晓: {seed: 1}\n  林晓: {seed: 2}\n", encoding="utf-8")
+    with pytest.raises(JobError, match="duplicate|twice"):
+        series.load(bad)
+    bad.write_bytes(b"series: s\ncharacters: {\xff: {}}\n")
+    with pytest.raises(JobError, match="not UTF-8"):
+        series.load(bad)
+    bad.write_text("series: s\ncharacters: {}\n", encoding="utf-8")
+    with pytest.raises(JobError, match="characters"):
+        series.load(bad)
