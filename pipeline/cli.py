@@ -22,6 +22,7 @@ SUBAPPS = {
     "claims": ("pipeline.finance.claims_cli:app", "Subsidy claims: evaluate, build, packet."),
     "mlflow": ("pipeline.metering.mlflow_cli:app", "Runs queued while MLflow was unreachable: pending, flush."),
     "cache": ("pipeline.cache_cli:app", "The stage cache: verify every entry's digests, --repair removes bad ones."),
+    "cast": ("pipeline.cast_cli:app", "Character sheets of a series: status, approve."),
 }
 
 

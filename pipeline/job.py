@@ -191,6 +191,13 @@ class Budget(_Frozen):
         return amount
 
 
+class CastSettings(_Frozen):
+    """Character sheets (the cast stage, docs/series.md)."""
+
+    sheets: bool | None = None  # make a sheet for each character without reference images; default: series jobs
+    require_approval: bool = False  # stop before the storyboard until a person approved every generated sheet
+
+
 class Profile(_Frozen):
     name: str
     description: str = ""
@@ -207,10 +214,12 @@ class Job(_Frozen):
     languages: list[str] = Field(default_factory=lambda: ["zh"], min_length=1, max_length=16)
     profile: str = "preview-cpu"
     screenplay: Path
+    series: Path | None = None  # the series bible (characters declared once), beside the job or one folder up
     output_dir: Path = Path("out")
     cache_dir: Path = Path(".cache/microdrama")
     seed: int = Field(1234, ge=0, le=2**63 - 1)
     budget: Budget = Budget()
+    cast: CastSettings = CastSettings()
     stages: Stages = Stages()
     delivery: list[str] = Field(default_factory=list, max_length=16)  # platform presets (configs/delivery)
     treatment: bool | None = None  # the screenplay: file is a treatment (None: it says so itself, Format: treatment)
@@ -228,10 +237,10 @@ class Job(_Frozen):
             raise ValueError(f"{v!r} must be a slug: lowercase letters, digits, '-', '_' or '.'")
         return v
 
-    @field_validator("screenplay", "output_dir", "cache_dir")
+    @field_validator("screenplay", "series", "output_dir", "cache_dir")
     @classmethod
-    def _path(cls, v: Path) -> Path:
-        if "\x00" in str(v) or len(str(v)) > 1024:
+    def _path(cls, v: Path | None) -> Path | None:
+        if v is not None and ("\x00" in str(v) or len(str(v)) > 1024):
             raise ValueError("must be a path without NUL characters, at most 1024 characters long")
         return v
 
@@ -255,6 +264,9 @@ class Job(_Frozen):
 
     def config_hash(self) -> str:
         data = self.model_dump(mode="json", exclude={"job_dir", "output_dir", "cache_dir"})
+        for key, default in (("series", None), ("cast", CastSettings().model_dump(mode="json"))):
+            if data[key] == default:  # fields added later: a job without them keeps its hash
+                del data[key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -522,6 +534,20 @@ def _options_problems(section: str, settings: BackendSettings) -> list[str]:
     return options.problems(section, settings.backend, cls, settings.options)
 
 
+def _series_problems(job: Job) -> list[str]:
+    """The series bible loads and checks (pipeline/series.py); approvals need one."""
+    from pipeline import series
+
+    if job.series is None:
+        return ["cast.require_approval: approvals are kept per series; add series: <bible>.yaml to the job "
+                "(docs/series.md)"] if job.cast.require_approval else []
+    try:
+        series.for_job(job)
+    except JobError as exc:
+        return exc.problems
+    return []
+
+
 def validate(job: Job) -> list[str]:
     """Cross-field and filesystem checks, collecting every problem (STYLE item 4)."""
     from models.registry import BACKENDS
@@ -534,6 +560,7 @@ def validate(job: Job) -> list[str]:
         problems.append(f"screenplay: {screenplay} is not a regular file (a FIFO, device or folder); give a "
                         "text file" if os.path.lexists(screenplay) else f"screenplay: file not found: {screenplay}")
     problems += _folder_problems(job)
+    problems += _series_problems(job)
     for section, settings in job.stages.backends().items():
         problems += literal_secret_problems(settings.options, f"stages.{section}.options")
     for stage in ("storyboard", "video"):

@@ -1,4 +1,4 @@
-"""Ray wiring: the episode DAG (script → translate → per shot storyboard/dub/video → edit), metered and cached.
+"""Ray wiring: the episode DAG (script → translate → cast → per shot storyboard/dub/video → edit), metered and cached.
 
 Shots fan out as Ray tasks that chain through ObjectRefs, so storyboards, dubbing and video of different
 shots run in parallel. Stages whose backend holds model weights (`resident = True`) run inside
@@ -34,6 +34,7 @@ from pipeline.metering import tasks as task_log
 from pipeline.metering.meter import Meter
 from pipeline.metering.usage import UsageRecord
 from pipeline.stages import StageCall, StageRun
+from pipeline.stages.cast import CastStage
 from pipeline.stages.dub import DubStage
 from pipeline.stages.edit import EditStage
 from pipeline.stages.script import ScriptStage
@@ -44,8 +45,8 @@ from pipeline.job_backends import SECTIONS, backend_settings  # noqa: F401  (bac
 from pipeline.metering.sink import append_items as append  # the runner's name for it
 
 # stage name → (stage class, settings section naming its backend and hosting: pipeline/job_backends.py)
-_CLASSES = {"script": ScriptStage, "translate": TranslateStage, "storyboard": StoryboardStage, "dub": DubStage,
-            "video": VideoStage, "edit": EditStage}
+_CLASSES = {"script": ScriptStage, "translate": TranslateStage, "cast": CastStage, "storyboard": StoryboardStage,
+            "dub": DubStage, "video": VideoStage, "edit": EditStage}
 STAGES: dict[str, tuple[type, str | None]] = {name: (_CLASSES[name], section) for name, section in SECTIONS.items()}
 _LOCAL_BACKENDS: dict[str, Any] = {}
 
@@ -84,7 +85,7 @@ def make_backend(job: Job, stage: str) -> Any:
     settings = backend_settings(job, stage)
     if settings is None:
         return None
-    key = digest(stage, settings.backend, settings.options)
+    key = digest(STAGES[stage][1], settings.backend, settings.options)  # cast and storyboard share one
     if key not in _LOCAL_BACKENDS:
         cls = resolve(STAGES[stage][1], settings.backend)
         _LOCAL_BACKENDS[key] = options.construct(cls, settings.options)  # through the validated schema
@@ -99,11 +100,10 @@ def preflight(job: Job) -> list[str]:
     from pipeline.errors import UserError
 
     problems: list[str] = []
-    for stage in STAGES:
-        settings = backend_settings(job, stage)
+    for section in dict.fromkeys(s for _, s in STAGES.values()):  # cast shares the storyboard's backend
+        settings = getattr(job.stages, section) if section else None
         if settings is None:
             continue
-        section = STAGES[stage][1]
         try:
             options.construct(resolve(section, settings.backend), settings.options)
         except UserError as exc:

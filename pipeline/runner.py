@@ -174,6 +174,7 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
                 "translate", StageCall(None), script=ray.put(results["script"]))])[0]
             sub.release("translate")
             script = load_script(results["translate"]["outputs"])
+            script, cast = run_cast(job, script, sub, progress, guard)
             shots = script.shots
             per_shot = {}
             for stage in SHOT_STAGES:
@@ -201,8 +202,55 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
     finally:
         sub.close()
     manifest = build_manifest(job, info, script, per_shot, results)
+    manifest["cast"] = cast
+    cast_runs = [entry["cache_hit"] for entry in cast.values() if "cache_hit" in entry]
+    if cast_runs:  # the cast stage's executions count with the others
+        c = manifest["cache"]
+        c["executions"] += len(cast_runs)
+        c["hits"] += sum(cast_runs)
+        c["all_cached"] = c["hits"] == c["executions"]
     manifest["actors"] = sub.actor_stats  # resident models: one load per actor, many shots each
     return manifest, results["edit"]["outputs"]
+
+
+def run_cast(job: Job, script: Any, sub: Submitter, progress: Progress,
+             guard: Any) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """The series bible applied to the script, then a character sheet for each of the episode's characters
+    without reference images (cast stage, cached per series); returns the script whose characters carry
+    their sheets as `reference_images`, and each character's sheet for the manifest. With
+    `cast.require_approval`, stops here while any sheet is not approved (CastNotApproved)."""
+    from pipeline import series as bible
+
+    series = bible.for_job(job)
+    if series is not None:
+        script = bible.apply(script, series)
+    present = set().union(*([set(s.characters) | {ln.speaker for ln in s.lines} for s in script.shots] or [set()]))
+    names = [n for n in script.characters if n in present]
+    todo = [n for n in names if not script.characters[n].reference_images] if bible.needs_sheet(job, series) else []
+    made: dict[str, Any] = {}
+    if todo:
+        guard("cast", len(todo))
+        tag = {"series": series.series if series else f"{job.drama}/{job.episode}",
+               "series_title": (series.title if series else "") or script.title}
+        refs = [sub.submit("cast", StageCall(f"cast:{n}", {"script": script, "character": n, **tag})) for n in todo]
+        made = dict(zip(todo, progress.wait("cast", refs, todo)))
+        sub.release("cast")
+    approved = bible.approvals(series.path) if series is not None else {}
+    chars, cast = dict(script.characters), {}
+    for name in names:
+        char = chars[name]
+        if name in made:
+            out = made[name]["outputs"]
+            sheets = out["sheets"]
+            chars[name] = char.model_copy(update={"reference_images": tuple(sheets[v] for v in bible.SHEET_VIEWS)})
+            cast[name] = {"status": bible.status(char, out["digest"], approved), "digest": out["digest"],
+                          "sheets": dict(sheets), "seed": out["seed"], "cache_hit": made[name]["cache_hit"]}
+        elif char.reference_images:
+            images = {f"image{i + 1}": p for i, p in enumerate(char.reference_images)}
+            cast[name] = {"status": "supplied", "digest": bible.sheet_digest(images), "sheets": images}
+    if job.cast.require_approval:
+        bible.require_approved(series, cast)
+    return script.model_copy(update={"characters": chars}), cast
 
 
 def build_manifest(job: Job, info: RunInfo, script: Any, per_shot: dict, results: dict) -> dict[str, Any]:
@@ -278,6 +326,7 @@ def publish(job: Job, edit: dict[str, Any], manifest: dict[str, Any]) -> Path:
         from pipeline.handoff.publish import publish as publish_handoff  # timelines, covers, deliveries
 
         manifest["outputs"].update(publish_handoff(job, edit, staging, final))
+        _publish_cast(manifest.get("cast") or {}, staging)
         (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2), "utf-8")
         if final.exists():
             old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
@@ -291,3 +340,18 @@ def publish(job: Job, edit: dict[str, Any], manifest: dict[str, Any]) -> Path:
         raise
     return final
 
+
+
+def _publish_cast(cast: dict[str, dict[str, Any]], staging: Path) -> None:
+    """Each character's sheet (or supplied images) into cast/ of the episode folder, for a person to look at;
+    the manifest then names those copies (relative paths) beside the sheet's digest and status."""
+    if not cast:
+        return
+    (staging / "cast").mkdir()
+    for i, (name, entry) in enumerate(cast.items(), start=1):
+        published = {}
+        for view, path in entry["sheets"].items():
+            rel = f"cast/{i:02d}-{view}{Path(path).suffix.lower()}"
+            place(path, staging / rel)
+            published[view] = rel
+        entry["sheets"] = published

@@ -21,10 +21,14 @@ def write_job(tmp_path: Path, body: str) -> Path:
 BASE = "drama: d\nepisode: e1\nscreenplay: ep.fountain\n"
 
 
-@pytest.mark.parametrize("path", sorted((CONFIGS / "episodes").glob("*/job.yaml")), ids=str)
+@pytest.mark.parametrize("path", sorted([*(CONFIGS / "episodes").glob("*/job.yaml"),
+                                         *(CONFIGS / "series").glob("*/*/job.yaml")]), ids=str)
 def test_every_shipped_job_validates(path: Path) -> None:
+    from pipeline.stages.script import read_source
+
     job = load_job(path)
     assert job.out_path == Path(job.output_dir) / job.drama / job.episode
+    read_source(job)  # the screenplay parses, and a series episode's characters are all in its bible
 
 
 @pytest.mark.parametrize("path", sorted((CONFIGS / "profiles").glob("*.yaml")), ids=lambda p: p.stem)

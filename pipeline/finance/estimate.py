@@ -49,9 +49,10 @@ def learn_rates(tracking_uri: str, drama: str | None = None) -> dict[tuple[str, 
     return {k: StageRate(k[0], k[1], exact_sum(cost[k]) / n[k], n[k]) for k in cost if n[k]}
 
 
-def plan(job: Any, shots: int) -> dict[str, int]:
-    """Executions per stage for an episode of `shots` shots."""
-    return {"script": 1, "translate": 1, "storyboard": shots, "dub": shots, "video": shots, "edit": 1}
+def plan(job: Any, shots: int, sheets: int = 0) -> dict[str, int]:
+    """Executions per stage for an episode of `shots` shots making `sheets` new character sheets."""
+    return {"script": 1, "translate": 1, **({"cast": sheets} if sheets else {}), "storyboard": shots, "dub": shots,
+            "video": shots, "edit": 1}
 
 
 def estimate(job: Any, shots: int, tracking_uri: str) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def estimate(job: Any, shots: int, tracking_uri: str) -> dict[str, Any]:
     rates = learn_rates(tracking_uri, job.drama) or learn_rates(tracking_uri)
     planned = planned_units.for_job(job)  # AI-tool units priced from the table: no history needed
     lines, known, unknown = [], [], []
-    for stage, count in plan(job, shots).items():
+    for stage, count in plan(job, shots, planned.get("sheets", 0)).items():
         backend = backend_name(job, stage)
         rate = rates.get((stage, backend))
         if rate is None and stage in planned["stages"]:

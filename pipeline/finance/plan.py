@@ -153,6 +153,10 @@ def plan_episode(job: Any, script: Any, *, at: dt.datetime | None = None, book: 
 
     add("script", [{"text": all_text, "lang": lang}])
     add("translate", [{"text": all_text, "lang": lang, "targets": job.languages[1:]}])
+    from pipeline.series import SHEET_VIEWS, planned_sheets
+
+    sheets = planned_sheets(job, script)  # the cast stage: one image per view of each new character sheet
+    add("cast", [{"width": s.storyboard.width, "height": s.storyboard.height}] * (len(SHEET_VIEWS) * sheets))
     add("storyboard", [{"width": s.storyboard.width, "height": s.storyboard.height}] * len(seconds))
     add("video", [{"duration_s": d, "width": s.video.width, "height": s.video.height, "fps": s.video.fps}
                   for d in seconds])
@@ -176,7 +180,7 @@ def plan_episode(job: Any, script: Any, *, at: dt.datetime | None = None, book: 
         raise UserError(problems)
     total = exact_sum(line.amount for line in lines)
     minutes = Decimal(str(round(sum(seconds), 6))) / 60 if seconds else Decimal(0)
-    return {"lines": lines, "total": total, "seconds": sum(seconds), "shots": len(seconds),
+    return {"lines": lines, "total": total, "seconds": sum(seconds), "shots": len(seconds), "sheets": sheets,
             "per_minute": (total / minutes) if minutes else None}
 
 

@@ -19,7 +19,7 @@ from pipeline.money import exact_sum
 
 SECRET = re.compile(r"(key|token|secret|passw|auth|credential)", re.I)
 DEFAULT_URI = "sqlite:///mlflow.db"
-STAGE_ORDER = ("script", "translate", "storyboard", "dub", "video", "edit")
+STAGE_ORDER = ("script", "translate", "cast", "storyboard", "dub", "video", "edit")
 UNIT_METRIC = {"token": "tokens", "second": "video_seconds", "image": "images", "char": "chars",
                "call": "calls", "step": "steps", "frame": "frames"}
 AUDIO_SUFFIX = ":audio"  # TTS backends report seconds of speech as "<tool>:audio" (not seconds of video)
@@ -150,21 +150,22 @@ def log_episode(*, tracking_uri: str, job: Any, manifest: dict[str, Any], usage:
                             "cache_corrupt_entries": len(manifest["cache"].get("corrupt_entries") or [])})
         money = stage_money(costs)
         for stage in [s for s in STAGE_ORDER if s in metrics]:
-            _log_stage(mlflow, job, stage, metrics[stage], money.get(stage, {}), parent.info.run_id)
+            _log_stage(mlflow, job, stage, metrics[stage], money.get(stage, {}), parent.info.run_id,
+                       cast=manifest.get("cast") if stage == "cast" else None, out_dir=out_dir)
         _log_artifacts(mlflow, out_dir, usage, costs, checkpoint)
         return parent.info.run_id
 
 
 def _log_stage(mlflow: Any, job: Any, stage: str, metrics: dict[str, float], money: dict[str, str],
-               parent_id: str) -> None:
+               parent_id: str, cast: dict[str, dict[str, Any]] | None = None, out_dir: Path | None = None) -> None:
     from pipeline.job_backends import backend_settings
 
     settings = backend_settings(job, stage)
     params = {"backend": settings.backend if settings else "ffmpeg"}
     if settings is not None:
         params.update(redact_params(settings.options, "options."))
-    if stage in ("storyboard", "video"):
-        s = getattr(job.stages, stage)
+    if stage in ("cast", "storyboard", "video"):
+        s = getattr(job.stages, "storyboard" if stage == "cast" else stage)
         params["resolution"] = f"{s.width}x{s.height}"
     if stage == "video":
         params["fps"] = str(job.stages.video.fps)
@@ -173,6 +174,24 @@ def _log_stage(mlflow: Any, job: Any, stage: str, metrics: dict[str, float], mon
                                 "episode": job.episode, **money}):
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
+        if cast:
+            _log_cast(mlflow, cast, out_dir)
+
+
+def _log_cast(mlflow: Any, cast: dict[str, dict[str, Any]], out_dir: Path | None) -> None:
+    """The cast run carries each character's sheet: name, status (generated/approved/supplied), digest, files."""
+    tags = {}
+    for i, (name, entry) in enumerate(cast.items(), start=1):
+        tags.update({f"cast.{i:02d}.name": name, f"cast.{i:02d}.status": entry["status"],
+                     f"cast.{i:02d}.digest": entry["digest"] or ""})
+        for path in entry["sheets"].values():
+            full = (out_dir / path) if out_dir is not None else Path(path)
+            if full.is_file():
+                mlflow.log_artifact(str(full), artifact_path="cast")
+    mlflow.set_tags(tags)
+    mlflow.log_metrics({"sheets_generated": sum(e["status"] == "generated" for e in cast.values()),
+                        "sheets_approved": sum(e["status"] == "approved" for e in cast.values()),
+                        "sheets_supplied": sum(e["status"] == "supplied" for e in cast.values())})
 
 
 def _log_artifacts(mlflow: Any, out_dir: Path, usage: list[dict], costs: list[dict],

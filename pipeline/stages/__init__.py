@@ -1,4 +1,4 @@
-"""Pipeline stages, one per file: script, translate, storyboard, dub, video, edit.
+"""Pipeline stages, one per file: script, translate, cast, storyboard, dub, video, edit.
 
 Every stage is a small class with a frozen settings object. It declares what it reads and writes,
 computes the cache key of one execution from everything that determines its output, and `run`s that

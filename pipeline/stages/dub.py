@@ -19,6 +19,7 @@ import numpy as np
 from models.tts.fit import fit_speech
 from pipeline.job import Job
 from pipeline.script import Script, Shot
+from pipeline.series import voice_key
 from pipeline.stages import StageCall, StageRun, report_all
 
 VERSION = 1
@@ -41,8 +42,10 @@ class DubStage:
         shot: Shot = call.inputs["shot"]
         script: Script = call.inputs["script"]
         t = self.job.stages.tts
-        voices = {n: _voice(script, self.job, n) for n in sorted({ln.speaker for ln in shot.lines})}
-        return [self.name, VERSION, t.backend, t.options, voices, self.languages, self.job.languages,
+        speakers = sorted({ln.speaker for ln in shot.lines})
+        voices = {n: _voice(script, self.job, n) for n in speakers}
+        cloned = {n: voice_key(script.characters.get(n)) for n in speakers}  # the speakers' bible voices only
+        return [self.name, VERSION, t.backend, t.options, voices, cloned, self.languages, self.job.languages,
                 self.job.stages.dub.model_dump(), self.job.stages.video.fps,
                 [ln.model_dump(mode="json", exclude={"source_line", "parenthetical"}) for ln in shot.lines],
                 shot.duration_s]  # (a parenthetical reaches the voice as its emotion, which is in the key)

@@ -59,7 +59,8 @@ class ScriptStage:
 
 def read_source(job: Job) -> Any:
     """The job's source parsed (`job_backends.read_source`), and checked against the job's languages: a
-    treatment in the primary language; a screenplay that, with the translate backend, supplies every one."""
+    treatment in the primary language; a screenplay that, with the translate backend, supplies every one
+    and, for a series episode, whose characters are all in the series bible."""
     from models.mt.none import same_language
     from pipeline.errors import JobError
     from pipeline.stages.translate import supply_problems
@@ -71,6 +72,10 @@ def read_source(job: Job) -> Any:
                            f"languages starts with {job.primary_language!r}; put {source.language!r} first")
         return source
     problems = supply_problems(job, source)
+    if job.series is not None:  # every character of a series episode is in its bible
+        from pipeline import series
+
+        problems += series.cast_problems(source, series.for_job(job))
     if problems:
         raise JobError(problems)
     return source

@@ -6,9 +6,10 @@ from typing import Any
 
 from pipeline.job import Job
 from pipeline.script import Script, Shot
+from pipeline.series import shot_characters_key
 from pipeline.stages import StageCall, StageRun, report_all
 
-VERSION = 1
+VERSION = 2  # 2: characters keyed by bible entry, reference images by content, cast position
 
 
 def shot_seed(job_seed: int, shot_id: str) -> int:
@@ -50,9 +51,9 @@ class StoryboardStage:
             visual["lines"] = [ln.model_dump(mode="json", exclude={"source_line", "parenthetical"})
                                for ln in shot.lines]
             names += [ln.speaker for ln in shot.lines]
-        cast = list(script.characters)
-        chars = {n: {**script.characters[n].model_dump(mode="json"), "cast_index": cast.index(n)}
-                 for n in dict.fromkeys(names) if n in script.characters}
+        # only this shot's characters (bible entries, reference images by content, place in the cast):
+        # changing one character re-renders only the shots it is in
+        chars = shot_characters_key(script, dict.fromkeys(names))
         heading = next((sc.heading for sc in script.scenes if sc.number == shot.scene), "")
         return [self.name, VERSION, s.backend, s.options, s.width, s.height, visual, chars, heading,
                 shot_seed(self.job.seed, shot.id)]

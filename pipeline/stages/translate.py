@@ -23,7 +23,8 @@ class TranslateStage:
     def cache_key_parts(self, call: StageCall) -> list[Any]:
         s = self.job.stages.translate
         script_text = Path(call.inputs["script"]["script"]).read_text(encoding="utf-8")
-        return [self.name, VERSION, s.backend, s.options, s.glossary, self.job.languages, script_text]
+        return [self.name, VERSION, s.backend, s.options, s.glossary, self.job.languages, script_text,
+                *([bible_names(self.job)] if self.job.series is not None else [])]
 
     def run(self, call: StageCall, run: StageRun) -> dict[str, Any]:
         script = Script.model_validate_json(Path(call.inputs["script"]["script"]).read_text("utf-8"))
@@ -35,7 +36,8 @@ class TranslateStage:
             todo = [(k, line) for *k, line in lines if lang not in line.text]
             if not todo:
                 continue
-            glossary = _glossary(script, src, lang, self.job.stages.translate.glossary.get(lang, {}))
+            glossary = _glossary(script, src, lang, self.job.stages.translate.glossary.get(lang, {}),
+                                 bible_names(self.job) if self.job.series is not None else {})
             result = run.backend.translate([line.text[src] for _, line in todo], src=src, tgt=lang,
                                            glossary=glossary)
             report_all(run, result.ai_usage)
@@ -80,9 +82,19 @@ def supply_problems(job: Job, script: Script) -> list[str]:
     return problems
 
 
-def _glossary(script: Script, src: str, tgt: str, extra: dict[str, str]) -> dict[str, str]:
+def bible_names(job: Job) -> dict[str, dict[str, str]]:
+    """A series episode's character names per language from its bible (only names: a changed description
+    does not re-translate)."""
+    from pipeline import series
+
+    return {name: dict(char.names) for name, char in series.for_job(job).characters.items()}
+
+
+def _glossary(script: Script, src: str, tgt: str, extra: dict[str, str],
+              bible: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
     names = {c.names.get(src, c.name): c.names[tgt] for c in script.characters.values() if tgt in c.names}
-    return {**names, **extra}
+    from_bible = {names_.get(src, name): names_[tgt] for name, names_ in (bible or {}).items() if tgt in names_}
+    return {**names, **from_bible, **extra}
 
 
 def _apply(script: Script, filled: dict[tuple[int, int, int], dict[str, str]]) -> Script:
