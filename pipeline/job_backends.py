@@ -12,7 +12,7 @@ from pipeline.job import Job
 
 # stage name → the settings section naming its backend and hosting (None: no backend, the edit uses ffmpeg)
 SECTIONS: dict[str, str | None] = {"script": "script", "translate": "translate", "storyboard": "storyboard",
-                                   "dub": "tts", "video": "video", "edit": None}
+                                   "dub": "dub", "video": "video", "edit": None}
 NO_BACKEND = "ffmpeg"
 
 

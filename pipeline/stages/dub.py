@@ -40,10 +40,11 @@ class DubStage:
     def cache_key_parts(self, call: StageCall) -> list[Any]:
         shot: Shot = call.inputs["shot"]
         script: Script = call.inputs["script"]
-        t = self.job.stages.tts
+        t = self.job.stages.dub
         voices = {n: _voice(script, self.job, n) for n in sorted({ln.speaker for ln in shot.lines})}
+        pacing = t.model_dump(include={"lead_in_s", "gap_s", "tail_s", "min_shot_s", "max_stretch"})
         return [self.name, VERSION, t.backend, t.options, voices, self.languages, self.job.languages,
-                self.job.stages.dub.model_dump(), self.job.stages.video.fps,
+                pacing, self.job.stages.video.fps,
                 [ln.model_dump(mode="json", exclude={"source_line"}) for ln in shot.lines], shot.duration_s]
 
     def run(self, call: StageCall, run: StageRun) -> dict[str, Any]:
@@ -111,7 +112,7 @@ class DubStage:
 
 def _voice(script: Script, job: Job, speaker: str) -> dict[str, str]:
     char = script.characters.get(speaker)
-    return {**(char.voice if char else {}), **job.stages.tts.voices.get(speaker, {})}
+    return {**(char.voice if char else {}), **job.stages.dub.voices.get(speaker, {})}
 
 
 def _span(clips: list[np.ndarray], lead: float, gap: float, tail: float) -> float:
