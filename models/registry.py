@@ -43,6 +43,8 @@ BACKENDS: dict[str, dict[str, str]] = {
         "mms-tts-eng": "models.tts.vits:MmsTtsEng",
         "mms-tts": "models.tts.vits:MmsTts",
         "qwen-tts-api": "models.tts.hosted:QwenTTSApi",
+        "f5-tts": "models.tts.f5:F5TTS",
+        "f5-tiny": "models.tts.f5:F5Tiny",
     },
     "translate": {
         "none": "models.mt.none:NoTranslation",

@@ -492,6 +492,16 @@ def validate(job: Job) -> list[str]:
             from models.tts.voices import voice_problems
 
             problems += voice_problems(settings.backend, settings.voices, "stages.dub.voices")
+            for name, hints in settings.voices.items():
+                if isinstance(hints.get("reference"), str):
+                    field = f"stages.dub.voices.{name}.reference"
+                    clip, err = resolve_in(job.job_dir, Path(hints["reference"]), field)
+                    if err or not _is_file(clip):
+                        problems.append(err or f"{field}: file not found: {clip}; give a 3–15 s mono clip "
+                                               "of the character speaking, beside the job")
+                    if not hints.get("transcript"):
+                        problems.append(f"stages.dub.voices.{name}.transcript: required with a reference "
+                                        "clip: exactly what the clip says")
     problems += _delivery_problems(job)
     dub_langs = job.stages.dub.languages or job.languages
     extra = [x for x in dub_langs if x not in job.languages]
