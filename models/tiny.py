@@ -397,3 +397,31 @@ def _build_vits(seed: int) -> tuple[Any, Any]:
 def vits(seed: int = 0) -> tuple[Any, Any]:
     """Tiny VITS (MMS-TTS architecture, 16 kHz) and its character VitsTokenizer."""
     return cached("vits", seed, _build_vits)
+
+
+TINY_F5 = {"dim": 32, "depth": 2, "heads": 2, "dim_head": 16, "ff_mult": 2, "text_dim": 16, "conv_layers": 1,
+           "text_mask_padding": True, "qk_norm": None, "pe_attn_head": None, "attn_backend": "torch",
+           "attn_mask_enabled": False, "checkpoint_activations": False}
+TINY_VOCOS = {"backbone": {"input_channels": 100, "dim": 32, "intermediate_dim": 64, "num_layers": 2},
+              "head": {"dim": 32, "n_fft": 1024, "hop_length": 256, "padding": "center"}}
+
+
+def _build_f5(seed: int) -> tuple[Any, Any, dict[str, int]]:
+    from models.tts import f5, f5_modules
+
+    import torch
+
+    vocab = f5.vocab_map(f5_modules.packaged_vocab())
+    cfm, vocoder = f5.build(vocab, TINY_F5, TINY_VOCOS)
+    with torch.no_grad():  # F5 zero-initialises its adaLN and output layers: random, so every layer acts
+        for param in cfm.parameters():
+            if not param.any():
+                param.normal_(0.0, 0.05)
+    _eval(cfm, vocoder)
+    return cfm, vocoder, vocab
+
+
+def f5(seed: int = 0) -> tuple[Any, Any, dict[str, int]]:
+    """Tiny F5-TTS (the package's DiT + CFM, F5TTS_v1_Base's vocabulary and 100-band 24 kHz mel) and a tiny
+    Vocos decoder (VocosBackbone + ISTFTHead), random weights."""
+    return cached("f5", seed, _build_f5)

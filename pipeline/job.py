@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline import safe_io
 from pipeline.errors import JobError
@@ -83,19 +83,17 @@ class VideoSettings(BackendSettings):
     fps: int = Field(24, ge=1, le=60)
 
 
-class TTSSettings(BackendSettings):
-    backend: str = "espeak-ng"
-    voices: dict[str, dict[str, str | int | float]] = Field(default_factory=dict)  # character -> hints
-
-
 class TranslateSettings(BackendSettings):
     backend: str = "none"
     glossary: dict[str, dict[str, str]] = Field(default_factory=dict)  # lang -> {source: target}
 
 
-class DubSettings(_Frozen):
-    """Pacing: how lines sit in a shot."""
+class DubSettings(BackendSettings):
+    """The dub stage: its TTS backend and hosting, the characters' voices, and pacing (how lines sit in a
+    shot). An old `stages.tts` section (backend, options, voices, hosting) is read into this one."""
 
+    backend: str = "espeak-ng"
+    voices: dict[str, dict[str, str | int | float]] = Field(default_factory=dict)  # character -> voice hints
     languages: list[str] | None = None  # audio tracks; default: every job language
     lead_in_s: float = Field(0.4, ge=0, le=5)
     gap_s: float = Field(0.25, ge=0, le=5)
@@ -160,15 +158,36 @@ class Stages(_Frozen):
     script: ScriptSettings = ScriptSettings()
     storyboard: StoryboardSettings = StoryboardSettings()
     video: VideoSettings = VideoSettings()
-    tts: TTSSettings = TTSSettings()
     translate: TranslateSettings = TranslateSettings()
     dub: DubSettings = DubSettings()
     edit: EditSettings = EditSettings()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_tts(cls, data: Any) -> Any:
+        return legacy_stages(data, "stages") if isinstance(data, dict) else data
+
     def backends(self) -> dict[str, BackendSettings]:
-        """The sections that pick a backend (script, storyboard, video, tts, translate), in field order."""
+        """The sections that pick a backend (script, storyboard, video, dub, translate), in field order."""
         return {name: value for name in type(self).model_fields
                 if isinstance(value := getattr(self, name), BackendSettings)}
+
+
+def legacy_stages(stages: dict[str, Any], where: str) -> dict[str, Any]:
+    """`stages` with an old `tts` section (the dub stage's backend, options, voices and hosting before they
+    moved to `stages.dub`) read into `dub`. A key set differently in both is an error naming both."""
+    if "tts" not in stages:
+        return stages
+    tts, dub = stages["tts"], stages.get("dub", {})
+    if not isinstance(tts, dict) or not isinstance(dub, dict):
+        bad = "tts" if not isinstance(tts, dict) else "dub"
+        raise ValueError(f"{where}.{bad}: expected a mapping of settings, got {type(stages[bad]).__name__}")
+    clash = sorted(k for k in tts if k in dub and dub[k] != tts[k])
+    if clash:
+        raise ValueError(f"{where}.tts.{clash[0]} and {where}.dub.{clash[0]} are both set, differently: the "
+                         f"dub stage's settings live under {where}.dub; remove the old {where}.tts section")
+    rest = {k: v for k, v in stages.items() if k != "tts"}
+    return {**rest, "dub": {**dub, **tts}}
 
 
 class Budget(_Frozen):
@@ -367,10 +386,20 @@ def load_profile(name: str, job_dir: Path | None = None) -> Profile:
     if not path.is_file():
         known = sorted(p.stem for p in (CONFIGS / "profiles").glob("*.yaml"))
         raise JobError(f"profile: unknown profile {name!r}; choose one of: {', '.join(known)}")
+    data = _read_yaml(path, "profile")
+    if isinstance(data.get("stages"), dict):
+        data["stages"] = _legacy(data["stages"], f"profile {name}: ")
     try:
-        return Profile.model_validate(_read_yaml(path, "profile"))
+        return Profile.model_validate(data)
     except ValidationError as exc:
         raise JobError(_format_errors(exc, prefix=f"profile {name}: ")) from None
+
+
+def _legacy(stages: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    try:
+        return legacy_stages(stages, "stages")
+    except ValueError as exc:
+        raise JobError(f"{prefix}{exc}") from None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -424,7 +453,7 @@ def load_job(path: str | Path, overrides: list[str] | None = None) -> Job:
     profile = load_profile(str(data.get("profile", "preview-cpu")), path.resolve().parent)
     if not isinstance(data.get("stages") or {}, dict):
         raise JobError(f"stages: expected a mapping of stage settings, got {type(data['stages']).__name__}")
-    stages = _merge_stages(profile.stages, data.get("stages") or {})
+    stages = _merge_stages(profile.stages, _legacy(data.get("stages") or {}))
     data = {**data, "stages": stages, "job_dir": str(path.resolve().parent), **_state_paths(data)}
     try:
         job = Job.model_validate(data)
@@ -524,7 +553,7 @@ def _options_problems(section: str, settings: BackendSettings) -> list[str]:
     from models import options
     from models.registry import BACKENDS, BackendError, resolve
 
-    stage = {"dub": "tts"}.get(section, section)  # the registry's stage of a settings section
+    stage = section  # the registry's stage of a settings section (stages.dub: the dub backends)
     if settings.backend not in BACKENDS.get(stage, {}):
         return []  # named by validate()
     try:
@@ -571,13 +600,24 @@ def validate(job: Job) -> list[str]:
     e = job.stages.edit
     if (e.width, e.height) != (1080, 1920):
         problems.append(f"stages.edit: output must be 1080x1920 (9:16), got {e.width}x{e.height}")
-    registry_stage = {"script": "script", "storyboard": "storyboard", "video": "video", "tts": "tts",
-                      "translate": "translate"}
-    for stage, reg in registry_stage.items():
-        name = getattr(job.stages, stage).backend
-        if name not in BACKENDS.get(reg, {}):
-            problems.append(f"stages.{stage}.backend: unknown backend {name!r}; choose one of: "
-                            f"{', '.join(sorted(BACKENDS.get(reg, {})))}")
+    for stage, settings in job.stages.backends().items():
+        if settings.backend not in BACKENDS.get(stage, {}):
+            problems.append(f"stages.{stage}.backend: unknown backend {settings.backend!r}; choose one of: "
+                            f"{', '.join(sorted(BACKENDS.get(stage, {})))}")
+        elif stage == "dub":
+            from models.tts.voices import voice_problems
+
+            problems += voice_problems(settings.backend, settings.voices, "stages.dub.voices")
+            for name, hints in settings.voices.items():
+                if isinstance(hints.get("reference"), str):
+                    field = f"stages.dub.voices.{name}.reference"
+                    clip, err = resolve_in(job.job_dir, Path(hints["reference"]), field)
+                    if err or not _is_file(clip):
+                        problems.append(err or f"{field}: file not found: {clip}; give a 3–15 s mono clip "
+                                               "of the character speaking, beside the job")
+                    if not hints.get("transcript"):
+                        problems.append(f"stages.dub.voices.{name}.transcript: required with a reference "
+                                        "clip: exactly what the clip says")
     for section, settings in job.stages.backends().items():
         problems += _options_problems(section, settings)
     problems += _delivery_problems(job)

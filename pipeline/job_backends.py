@@ -13,7 +13,7 @@ from pipeline.job import Job
 # stage name → the settings section naming its backend and hosting (None: no backend, the edit uses ffmpeg)
 # (cast draws character sheets with the storyboard's backend and hosting)
 SECTIONS: dict[str, str | None] = {"script": "script", "translate": "translate", "cast": "storyboard",
-                                   "storyboard": "storyboard", "dub": "tts", "video": "video", "edit": None}
+                                   "storyboard": "storyboard", "dub": "dub", "video": "video", "edit": None}
 NO_BACKEND = "ffmpeg"
 
 

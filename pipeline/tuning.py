@@ -26,12 +26,11 @@ Keyword settings map onto the job's dotted overrides, so what is settled on past
 | storyboard | anything else (`steps`, `guidance`, `style`, `character_seeds`…) | `stages.storyboard.options.<key>` |
 | video | `backend`, `width`, `height`, `fps` | `stages.video.<key>` |
 | video | anything else (`steps`, `guidance`, `shift`, `max_frames`…) | `stages.video.options.<key>` |
-| dub | `lead_in_s`, `gap_s`, `tail_s`, `min_shot_s`, `max_stretch`, `languages` | `stages.dub.<key>` |
-| dub | `backend`, `voices` | `stages.tts.<key>` |
-| dub | anything else (`sample_rate`, `speaking_rate`…) | `stages.tts.options.<key>` |
+| dub | `backend`, `voices`, `lead_in_s`, `gap_s`, `tail_s`, `min_shot_s`, `max_stretch`, `languages` | `stages.dub.<key>` |
+| dub | anything else (`sample_rate`, `speaking_rate`…) | `stages.dub.options.<key>` |
 
 Mappings are flattened into leaves (`voices={"林晓": {"espeak": "cmn+f4"}}` is
-`stages.tts.voices.林晓.espeak=cmn+f4`), so they merge with the job's own settings as overrides do.
+`stages.dub.voices.林晓.espeak=cmn+f4`), so they merge with the job's own settings as overrides do.
 Note: with the diffusers storyboards a shot led by a character starts from that character's noise
 (`character_seeds`), not from the job `seed`; the job seed matters for shots without people.
 """
@@ -66,11 +65,10 @@ JOB_KEYS = ("seed", "profile")
 SECTION_KEYS = {  # stage → (keyword → settings section) for keywords that are not backend options
     "storyboard": {"backend": "stages.storyboard", "width": "stages.storyboard", "height": "stages.storyboard"},
     "video": {k: "stages.video" for k in ("backend", "width", "height", "fps")},
-    "dub": {**{k: "stages.dub" for k in ("lead_in_s", "gap_s", "tail_s", "min_shot_s", "max_stretch",
-                                          "languages")},
-            "backend": "stages.tts", "voices": "stages.tts"},
+    "dub": {k: "stages.dub" for k in ("backend", "voices", "lead_in_s", "gap_s", "tail_s", "min_shot_s",
+                                      "max_stretch", "languages")},
 }
-OPTIONS = {"storyboard": "stages.storyboard.options", "video": "stages.video.options", "dub": "stages.tts.options"}
+OPTIONS = {"storyboard": "stages.storyboard.options", "video": "stages.video.options", "dub": "stages.dub.options"}
 
 
 # ---------------------------------------------------------------- overrides
@@ -204,7 +202,7 @@ class Tuner:
         return self._shot_in(self.job, shot_id)
 
     def voice_hints(self, character: str) -> dict[str, str]:
-        """The voice hints a character is dubbed with: the screenplay's cast entry, then stages.tts.voices."""
+        """The voice hints a character is dubbed with: the screenplay's cast entry, then stages.dub.voices."""
         from pipeline.stages.dub import _voice
 
         return _voice(self.script, self.job, character)

@@ -121,7 +121,7 @@ class DubResult(Result):
                 "stretch": o["stretch"], "extended": o["extended"], "shot_duration_s": self.shot.duration_s}
 
     def voices(self) -> dict[str, dict[str, str]]:
-        """The voice hints each speaker of the shot was voiced with (screenplay cast + stages.tts.voices)."""
+        """The voice hints each speaker of the shot was voiced with (screenplay cast + stages.dub.voices)."""
         from pipeline.stages.dub import _voice
 
         speakers = dict.fromkeys(line.speaker for line in self.shot.lines)

@@ -69,7 +69,7 @@ def api_runs(tmp_path_factory, ray_session):
                 "stages": {"script": {"options": chat}, "translate": {"options": chat},
                            "storyboard": {"options": ds, "width": 480, "height": 832},
                            "video": {"options": {**ds, "resolution": "480p"}, "width": 480, "height": 832, "fps": 12},
-                           "tts": {"options": {"base_url": ds["base_url"], **key}}, "dub": {"languages": ["zh", "en"]},
+                           "dub": {"options": {"base_url": ds["base_url"], **key}, "languages": ["zh", "en"]},
                            "edit": {"preset": "ultrafast"}}}
     (work / "job" / "job.yaml").write_text(yaml.safe_dump(job_data, allow_unicode=True), encoding="utf-8")
     job = load_job(work / "job" / "job.yaml", [f"output_dir={work / 'out'}", f"cache_dir={work / 'cache'}"])

@@ -72,7 +72,7 @@ def test_every_backend_declares_the_options_its_constructor_takes(stage: str, na
 def test_every_shipped_profile_validates_with_its_options(job_dir: Path, profile: str) -> None:
     job = load(job_dir, BASE, [f"profile={profile}"])
     for section, settings in job.stages.backends().items():
-        stage = {"dub": "tts"}.get(section, section)
+        stage = section
         assert options.problems(section, settings.backend, resolve(stage, settings.backend), settings.options) == []
 
 
@@ -86,11 +86,11 @@ def test_every_shipped_profile_validates_with_its_options(job_dir: Path, profile
     ("stages.storyboard.options.caption=middle", "stages.storyboard.options.caption: Input should be 'top'"),
     ("stages.storyboard.options.font=''", "stages.storyboard.options.font"),
     ("stages.storyboard.options.supersample=9", "stages.storyboard.options.supersample"),
-    ("stages.tts.options.sample_rate=10000000", "stages.tts.options.sample_rate: Input should be less than"),
-    ('stages.tts.options.voices={en: "en\\u0000"}', "stages.tts.options.voices.en"),
+    ("stages.dub.options.sample_rate=10000000", "stages.dub.options.sample_rate: Input should be less than"),
+    ('stages.dub.options.voices={en: "en\\u0000"}', "stages.dub.options.voices.en"),
     ("stages.script.options.model=x", "stages.script.options.model: unknown option for backend fountain; allowed: "),
     ("stages.translate.options.batch_size=8", "stages.translate.options.batch_size: unknown option for backend none"),
-    ("stages.tts.options=5", "stages.tts.options: Input should be a valid dictionary"),
+    ("stages.dub.options=5", "stages.dub.options: Input should be a valid dictionary"),
 ])
 def test_options_a_backend_cannot_use_are_refused_by_name(job_dir: Path, override: str, needle: str) -> None:
     with pytest.raises(JobError) as err:
@@ -128,10 +128,10 @@ def test_options_a_backend_cannot_use_are_refused_by_name(job_dir: Path, overrid
     ("translate: {backend: marian-tiny, options: {placeholder: '<x>'}}", "stages.translate.options.placeholder: "
                                                                          "Value error, must contain {i}"),
     ("translate: {backend: nllb-600m, options: {lang_codes: {yue: cantonese}}}", "stages.translate.options.lang_codes"),
-    ("tts: {backend: vits-tiny, options: {speaking_rate: 9}}", "stages.tts.options.speaking_rate"),
-    ("tts: {backend: qwen-tts-api, options: {poll_s: 1}}", "stages.tts.options.poll_s: unknown option for backend "
+    ("dub: {backend: vits-tiny, options: {speaking_rate: 9}}", "stages.dub.options.speaking_rate"),
+    ("dub: {backend: qwen-tts-api, options: {poll_s: 1}}", "stages.dub.options.poll_s: unknown option for backend "
                                                            "qwen-tts-api"),
-    ("tts: {backend: piper, options: {noise_scale: -1}}", "stages.tts.options.noise_scale"),
+    ("dub: {backend: piper, options: {noise_scale: -1}}", "stages.dub.options.noise_scale"),
 ])
 def test_table_of_refused_options(job_dir: Path, stages: str, needle: str) -> None:
     with pytest.raises(JobError) as err:
@@ -163,7 +163,7 @@ def test_accepted_options_build_the_backend(job_dir: Path) -> None:
 
     job = load(job_dir, BASE, ["stages.video.options.amount=0.25", "stages.video.options.preset=veryfast",
                                "stages.storyboard.options.caption=bottom", "stages.storyboard.options.header=false",
-                               "stages.tts.options.voices={en: en-gb}"])
+                               "stages.dub.options.voices={en: en-gb}"])
     assert [p for p in preflight(job) if "options" in p] == []
 
 

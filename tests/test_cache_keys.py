@@ -24,7 +24,7 @@ from pipeline.stages.storyboard import StoryboardStage
 from pipeline.stages.translate import TranslateStage
 from pipeline.stages.video import VideoStage
 
-TTS = "tts"  # the settings section naming the dub stage's voice backend
+TTS = "dub"  # the settings section naming the dub stage's voice backend
 
 SCREENPLAY = """\
 Title: 钥匙测试

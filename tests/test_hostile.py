@@ -476,8 +476,8 @@ def test_any_job_file_that_validates_can_be_rendered(work, fields) -> None:
 FUZZ_BACKENDS = [("script", "fountain"), ("script", "openai-api"), ("script", "llm-tiny"),
                  ("storyboard", "procedural"), ("storyboard", "wan-t2i-api"), ("storyboard", "seedream-api"),
                  ("storyboard", "flux-tiny"), ("video", "camera-move"), ("video", "wan-api"),
-                 ("video", "seedance-api"), ("video", "kling-api"), ("video", "wan-tiny"), ("tts", "espeak-ng"),
-                 ("tts", "qwen-tts-api"), ("tts", "vits-tiny"), ("tts", "piper"), ("translate", "none"),
+                 ("video", "seedance-api"), ("video", "kling-api"), ("video", "wan-tiny"), ("dub", "espeak-ng"),
+                 ("dub", "qwen-tts-api"), ("dub", "vits-tiny"), ("dub", "piper"), ("translate", "none"),
                  ("translate", "llm-api"), ("translate", "marian-tiny")]
 OPTION_VALUES = st.one_of(VALUES, st.sampled_from(["https://api.example.com/v1", "ftp://x", "https://:9x/", "720p",
                                                    "4k", "std", "i2v", "fp8", "int4", "cuda:1", "auto", "float16",

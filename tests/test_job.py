@@ -99,3 +99,50 @@ def test_money_override_errors_and_yaml_float_names_the_fix(tmp_path: Path) -> N
     with pytest.raises(JobError) as exc:  # a float in a YAML file stays an error, and says how to write it
         load_job(write_job(tmp_path, BASE + "budget: {max_cny: 0.5}\n"))
     assert 'max_cny: "50.00"' in str(exc.value) and "budget.max_cny=50.00" in str(exc.value)
+
+
+def test_dub_stage_holds_backend_voices_and_pacing_under_one_name(tmp_path: Path) -> None:
+    """`stages.dub` is the dub stage's one section: backend, options, voices and pacing (issue 12)."""
+    path = write_job(tmp_path, BASE + "stages: {dub: {gap_s: 0.1, voices: {ANNA: {gender: f, pitch: 70}}}}\n")
+    job = load_job(path, ["stages.dub.backend=piper", "stages.dub.voices.ANNA={gender: f, pace: 1.1}"])
+    assert (job.stages.dub.backend, job.stages.dub.gap_s) == ("piper", 0.1)
+    assert job.stages.dub.voices["ANNA"] == {"gender": "f", "pace": 1.1}
+    assert not hasattr(job.stages, "tts") and "dub" in job.stages.backends()
+
+
+def test_an_old_tts_section_is_read_into_dub_and_a_conflict_names_both(tmp_path: Path) -> None:
+    old = write_job(tmp_path, BASE + "stages: {tts: {backend: piper, voices: {ANNA: {gender: f}}}, "
+                                     "dub: {gap_s: 0.1}}\n")
+    job = load_job(old)
+    assert (job.stages.dub.backend, job.stages.dub.voices, job.stages.dub.gap_s) == (
+        "piper", {"ANNA": {"gender": "f"}}, 0.1)
+    assert load_job(old, ["stages.tts.backend=espeak-ng"]).stages.dub.backend == "espeak-ng"
+    assert load_job(old, ["stages.dub.backend=piper"]).stages.dub.backend == "piper"  # the same value: no clash
+    with pytest.raises(JobError, match=r"stages\.tts\.backend and stages\.dub\.backend are both set"):
+        load_job(old, ["stages.dub.backend=espeak-ng"])
+    (tmp_path / "p.yaml").write_text("name: p\nstages: {tts: {backend: piper}, dub: {backend: espeak-ng}}\n",
+                                     encoding="utf-8")
+    with pytest.raises(JobError, match=r"profile p\.yaml: stages\.tts\.backend and stages\.dub\.backend"):
+        load_job(old, ["profile=p.yaml"])
+    (tmp_path / "q.yaml").write_text("name: q\nstages: {tts: {backend: piper}}\n", encoding="utf-8")
+    assert load_job(write_job(tmp_path, BASE + "profile: q.yaml\n")).stages.dub.backend == "piper"
+
+
+@pytest.mark.parametrize(("voice", "needle"), [
+    ("{pich: 40}", "stages.dub.voices.ANNA.pich: unknown voice key for backend 'espeak-ng'; it reads: age, "
+                   "espeak, gender, pitch, speed"),
+    ("{pitch: 140}", "stages.dub.voices.ANNA.pitch: must be a whole number in [0, 99], got 140"),
+    ("{gender: x}", "stages.dub.voices.ANNA.gender: must be one of f, m"),
+    ("{espeak: ''}", "stages.dub.voices.ANNA.espeak: must be text"),
+])
+def test_voice_hints_are_checked_against_what_the_backend_reads(tmp_path: Path, voice: str, needle: str) -> None:
+    with pytest.raises(JobError) as exc:
+        load_job(write_job(tmp_path, BASE + f"stages: {{dub: {{voices: {{ANNA: {voice}}}}}}}\n"))
+    assert needle in str(exc.value)
+    with pytest.raises(JobError, match=r"ANNA\.pich: unknown voice key for backend 'piper'; it reads: age, "
+                                       r"gender, pace"):
+        load_job(write_job(tmp_path, BASE), ["stages.dub.backend=piper", "stages.dub.voices.ANNA.pich=40"])
+    # an espeak-ng hint under piper (a job tuned on preview-cpu run on another profile): checked, then unused
+    assert load_job(write_job(tmp_path, BASE), ["stages.dub.backend=piper", "stages.dub.voices.ANNA.pitch=40"])
+    with pytest.raises(JobError, match=r"ANNA\.pitch: must be a whole number in \[0, 99\]"):
+        load_job(write_job(tmp_path, BASE), ["stages.dub.backend=piper", "stages.dub.voices.ANNA.pitch=400"])

@@ -21,7 +21,7 @@ def weights(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("weights")
     tiny.flux(0).save_pretrained(root / "flux")
     tiny.wan_i2v(0).save_pretrained(root / "wan")
-    for name, build in (("mt", tiny.marian), ("tts", tiny.vits), ("lm", tiny.causal_lm)):
+    for name, build in (("mt", tiny.marian), ("dub", tiny.vits), ("lm", tiny.causal_lm)):
         model, tok = build(0)
         model.save_pretrained(root / name)
         tok.save_pretrained(root / name)
@@ -46,7 +46,7 @@ def test_opus_mms_and_hf_lm_load_from_weights_dir(weights, tmp_path):
     mt = resolve("translate", "opus-mt-zh-en")(weights_dir=str(weights / "mt"), device="cpu", num_beams=1)
     r = mt.translate(["林晓签了。"], src="zh", tgt="en", glossary={"林晓": "Lin Xiao"})
     assert r.outputs["texts"][0].startswith("Lin Xiao")
-    tts = resolve("tts", "mms-tts-eng")(weights_dir=str(weights / "tts"))
+    tts = resolve("dub", "mms-tts-eng")(weights_dir=str(weights / "dub"))
     r = tts.speak("Sign it.", tmp_path / "a.wav", lang="en", speaker="GU", voice={}, emotion=None)
     with wave.open(r.outputs["wav"]) as w:
         assert w.getframerate() == 16000 and w.getnframes() > 0

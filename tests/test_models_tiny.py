@@ -135,7 +135,7 @@ def test_wan_tiny_t2v_retimes_past_max_frames(tmp_path):
 # ---------------------------------------------------------------- tts
 
 def test_vits_tiny_speaks_any_script_deterministically(tmp_path):
-    backend = resolve("tts", "vits-tiny")()
+    backend = resolve("dub", "vits-tiny")()
     out = {}
     for lang, text in (("en", "Sign it. From today on, you are her."), ("zh", "签了它。从今天起，你就是她。")):
         r = backend.speak(text, tmp_path / f"{lang}.wav", lang=lang, speaker="顾辰", voice={}, emotion="cold")
@@ -272,7 +272,7 @@ def test_real_profile_without_weights_fails_at_once(tmp_path):
         checked += 1
     assert checked == 3  # storyboard, video, translate
     with pytest.raises(WeightsMissing, match="facebook/mms-tts-eng"):
-        resolve("tts", "mms-tts-eng")()
+        resolve("dub", "mms-tts-eng")()
     with pytest.raises(WeightsMissing, match="Qwen/Qwen2.5-7B-Instruct"):
         resolve("script", "hf-causal-lm")(model_id="Qwen/Qwen2.5-7B-Instruct")
 

@@ -181,7 +181,7 @@ def test_voice_notebook_plays_the_tracks_and_shows_the_timings(voice_run):
 def test_voice_rerun_is_a_cache_hit_and_the_choice_pastes_into_the_job(voice_run, tmp_path):
     check_rerun_is_a_cache_hit(voice_run, "backend=espeak-ng")
     snippet, job = pasted_job(voice_run, tmp_path)
-    assert job.stages.tts.voices["顾辰"] == {"espeak": "cmn+m7", "pitch": "22", "speed": "200"}
+    assert job.stages.dub.voices["顾辰"] == {"espeak": "cmn+m7", "pitch": "22", "speed": "200"}
     assert (job.stages.dub.max_stretch, job.stages.dub.gap_s) == (1.4, 0.1)
 
 
@@ -195,11 +195,11 @@ def test_keywords_map_onto_dotted_job_overrides():
         "stages.video.fps": 8, "stages.video.options.shift": 3.0, "stages.edit.crf": 18}
     assert dotted("dub", {"gap_s": 0.1, "languages": ["en"], "backend": "piper", "voices": {"顾辰": {"pitch": "20"}},
                           "sample_rate": 48000}) == {
-        "stages.dub.gap_s": 0.1, "stages.dub.languages": ["en"], "stages.tts.backend": "piper",
-        "stages.tts.voices.顾辰.pitch": "20", "stages.tts.options.sample_rate": 48000}
-    items = {"stages.tts.voices.顾辰.espeak": "cmn+m3", "stages.tts.voices.顾辰.pitch": "20", "seed": 7}
+        "stages.dub.gap_s": 0.1, "stages.dub.languages": ["en"], "stages.dub.backend": "piper",
+        "stages.dub.voices.顾辰.pitch": "20", "stages.dub.options.sample_rate": 48000}
+    items = {"stages.dub.voices.顾辰.espeak": "cmn+m3", "stages.dub.voices.顾辰.pitch": "20", "seed": 7}
     assert parse_cli(as_cli(items)) == items
-    assert nest(items) == {"stages": {"tts": {"voices": {"顾辰": {"espeak": "cmn+m3", "pitch": "20"}}}}, "seed": 7}
+    assert nest(items) == {"stages": {"dub": {"voices": {"顾辰": {"espeak": "cmn+m3", "pitch": "20"}}}}, "seed": 7}
 
 
 def test_tuner_applies_chosen_and_session_settings_and_reports_only_the_chosen(tmp_path):
@@ -227,9 +227,9 @@ def test_tuner_holds_one_backend_per_stage_and_replaces_choices_by_key(tmp_path)
     assert tuner._backend(four, "storyboard").steps == 4 and len(tuner._backends) == 1  # the steps=2 one let go
     tuner.choose("dub", voices={"顾辰": {"espeak": "cmn+m3", "pitch": "20"}})
     tuner.choose("dub", voices={"顾辰": {"pitch": "30"}})
-    assert tuner.chosen == {"stages.tts.voices.顾辰.espeak": "cmn+m3", "stages.tts.voices.顾辰.pitch": "30"}
-    tuner.choose("dub", **{"stages.tts.voices": {}})  # a whole section replaces its leaves
-    assert tuner.chosen == {"stages.tts.voices": {}}
+    assert tuner.chosen == {"stages.dub.voices.顾辰.espeak": "cmn+m3", "stages.dub.voices.顾辰.pitch": "30"}
+    tuner.choose("dub", **{"stages.dub.voices": {}})  # a whole section replaces its leaves
+    assert tuner.chosen == {"stages.dub.voices": {}}
 
 
 # ---------------------------------------------------------------- the printed command runs as printed

@@ -133,7 +133,7 @@ def test_clip_rejects_bad_input(tmp_path, small_panel):
 @pytest.mark.parametrize(("lang", "text"), [("zh", "你怎么会在这里？我找了你整整三年。"),
                                             ("en", "Why are you here? I looked for you for three years.")])
 def test_espeak_speaks_zh_and_en(tmp_path, lang, text):
-    tts = resolve("tts", "espeak-ng")()
+    tts = resolve("dub", "espeak-ng")()
     result = tts.speak(text, tmp_path / "line.wav", lang=lang, speaker="林小雨", voice={"gender": "f"},
                        emotion=None)
     samples, rate = read_wav(Path(result.outputs["wav"]))
@@ -148,7 +148,7 @@ def test_espeak_speaks_zh_and_en(tmp_path, lang, text):
 
 @needs_espeak
 def test_espeak_distinct_voices_and_emotion(tmp_path):
-    tts = resolve("tts", "espeak-ng")()
+    tts = resolve("dub", "espeak-ng")()
     text = "你怎么会在这里？"
     her = tts.speak(text, tmp_path / "f.wav", lang="zh", speaker="林小雨", voice={"gender": "f"}, emotion=None)
     him = tts.speak(text, tmp_path / "m.wav", lang="zh", speaker="陈默", voice={"gender": "m"}, emotion=None)
@@ -163,14 +163,14 @@ def test_espeak_distinct_voices_and_emotion(tmp_path):
 
 @needs_espeak
 def test_espeak_unsupported_language(tmp_path):
-    tts = resolve("tts", "espeak-ng")()
+    tts = resolve("dub", "espeak-ng")()
     with pytest.raises(ValueError, match=r"'fr'.*zh, en"):
         tts.speak("Bonjour", tmp_path / "x.wav", lang="fr", speaker="A", voice={}, emotion=None)
 
 
 def test_piper_speaks_english_only(tmp_path):
     pytest.importorskip("piper", reason="piper-tts is in the models extra")
-    backend_cls = resolve("tts", "piper")
+    backend_cls = resolve("dub", "piper")
     assert backend_cls.resident is True
     tts = backend_cls()
     text = "Why are you here? I looked for you for three years."
@@ -211,7 +211,7 @@ def _dub(tmp_path: Path, seconds: float | None, tag: str) -> dict:
     job = load_job(tmp_path / "job.yaml", [f"output_dir={tmp_path / 'out'}"])
     work = tmp_path / tag
     work.mkdir()
-    run = StageRun(workdir=work, backend=resolve("tts", "espeak-ng")(), report_usage=lambda *a: None)
+    run = StageRun(workdir=work, backend=resolve("dub", "espeak-ng")(), report_usage=lambda *a: None)
     return DubStage(job).run(StageCall(script.shots[0].id, {"shot": script.shots[0], "script": script}), run)
 
 

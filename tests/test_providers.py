@@ -257,7 +257,7 @@ def test_images_and_speech(servers, tmp_path):
     sd = resolve("storyboard", "seedream-api")(base_url=ark.root + "/api/v3", size="720x1280", **FAST)
     r = sd.render(_shot(), script, tmp_path / "k2.png", width=360, height=640, seed=3)
     assert Image.open(r.outputs["image"]).size == (360, 640) and r.ai_usage[0]["tool"].startswith("doubao-seedream")
-    tts = resolve("tts", "qwen-tts-api")(base_url=ds.root + "/api/v1")
+    tts = resolve("dub", "qwen-tts-api")(base_url=ds.root + "/api/v1")
     r = tts.speak("签了它。", tmp_path / "a.wav", lang="zh", speaker="顾辰", voice={"gender": "m"}, emotion=None)
     assert r.ai_usage == ({"tool": "qwen3-tts-flash", "unit": "char", "quantity": 4},)
     assert r.outputs["duration_s"] > 0.5 and r.params["voice"] in ("Ethan", "Dylan")

@@ -48,7 +48,7 @@ class QwenTTSApi:
         self.model, self.voices, self.sample_rate = model, dict(voices or {}), int(sample_rate)
         limits = Limits(concurrency=int(options.get("concurrency", 4)), retries=int(options.get("retries", 5)),
                         backoff_s=float(options.get("backoff_s", 1.0)))
-        self.client = DashScope(stage="tts", limits=limits, **{k: v for k, v in options.items() if k in _KEY_OPTIONS})
+        self.client = DashScope(stage="dub", limits=limits, **{k: v for k, v in options.items() if k in _KEY_OPTIONS})
 
     def __repr__(self) -> str:
         return f"QwenTTSApi({self.model}, {self.client!r})"

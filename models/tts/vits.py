@@ -72,10 +72,10 @@ class VitsTTS:
                  seed: int = 0, tiny_seed: int = 0) -> None:
         self.models: dict[str, str | None] = {**SPECS[self.name], **(models or {})}
         if not self.models:
-            raise ValueError(f"stages.tts.options.models: {self.name} needs language → model id, "
+            raise ValueError(f"stages.dub.options.models: {self.name} needs language → model id, "
                              f"e.g. {{en: facebook/mms-tts-eng}}")
         if not 0.25 <= speaking_rate <= 4.0:
-            raise ValueError(f"stages.tts.options.speaking_rate must be in [0.25, 4], got {speaking_rate}")
+            raise ValueError(f"stages.dub.options.speaking_rate must be in [0.25, 4], got {speaking_rate}")
         self.speaking_rate, self.noise_scale, self.seed, self.tiny_seed = speaking_rate, noise_scale, seed, tiny_seed
         self.device = "cpu" if device == "auto" and self.name == "vits-tiny" else device
         self.sources = self._locate(weights_dir)
@@ -89,7 +89,7 @@ class VitsTTS:
         for lang, model_id in self.models.items():
             if model_id is None:
                 continue
-            problems += hub.weights_problems("tts", self.name, model_id, dirs.get(lang), "config.json")
+            problems += hub.weights_problems("dub", self.name, model_id, dirs.get(lang), "config.json")
             sources[lang] = str(Path(dirs[lang]).expanduser()) if dirs.get(lang) else model_id
         if problems:
             raise hub.WeightsMissing(problems)
@@ -104,7 +104,7 @@ class VitsTTS:
         key = lang if lang in self.models else "*"
         if key not in self.models:
             raise ValueError(f"tts {self.name}: no voice for language {lang!r}; it speaks "
-                             f"{', '.join(sorted(self.models))} (set stages.tts.options.models.{lang}, e.g. "
+                             f"{', '.join(sorted(self.models))} (set stages.dub.options.models.{lang}, e.g. "
                              f"facebook/mms-tts-<iso-639-3>, or pick another tts backend)")
         if key not in self._loaded:
             if self.models[key] is None:

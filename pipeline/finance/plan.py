@@ -87,7 +87,7 @@ def _probe_facts(job: Any, section: str) -> dict[str, Any]:
         return {"duration_s": 5.0, "width": v.width, "height": v.height, "fps": v.fps}
     if section == "storyboard":
         return {"width": job.stages.storyboard.width, "height": job.stages.storyboard.height}
-    if section in ("tts", "dub"):
+    if section == "dub":
         return {"text": "你好", "lang": job.primary_language}
     return {"text": "你好", "lang": job.primary_language, "targets": job.languages[1:]}
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from models.tts.fit import fit_speech
+from pipeline.cache import file_digest
 from pipeline.job import Job
 from pipeline.script import Script, Shot
 from pipeline.series import voice_key
@@ -41,22 +42,35 @@ class DubStage:
     def cache_key_parts(self, call: StageCall) -> list[Any]:
         shot: Shot = call.inputs["shot"]
         script: Script = call.inputs["script"]
-        t = self.job.stages.tts
+        t = self.job.stages.dub
         speakers = sorted({ln.speaker for ln in shot.lines})
         voices = {n: _voice(script, self.job, n) for n in speakers}
+        for v in voices.values():  # a reference clip counts by its content, wherever the job folder lies
+            if v.get("reference"):
+                v["reference"] = _clip_digest(v["reference"])
         cloned = {n: voice_key(script.characters.get(n)) for n in speakers}  # the speakers' bible voices only
+        pacing = t.model_dump(include={"lead_in_s", "gap_s", "tail_s", "min_shot_s", "max_stretch"})
         return [self.name, VERSION, t.backend, t.options, voices, cloned, self.languages, self.job.languages,
-                self.job.stages.dub.model_dump(), self.job.stages.video.fps,
+                pacing, self.job.stages.video.fps,
                 [ln.model_dump(mode="json", exclude={"source_line", "parenthetical"}) for ln in shot.lines],
                 shot.duration_s]  # (a parenthetical reaches the voice as its emotion, which is in the key)
 
     def run(self, call: StageCall, run: StageRun) -> dict[str, Any]:
         shot: Shot = call.inputs["shot"]
         script: Script = call.inputs["script"]
-        speech = {lang: self._speak(shot, script, lang, run) for lang in self.languages}
-        return self._layout(shot, speech, run.workdir)
+        said: list[dict[str, Any]] = [{"speaker": ln.speaker, "emotion": ln.emotion} for ln in shot.lines]
+        speech = {lang: self._speak(shot, script, lang, run, said) for lang in self.languages}
+        out = self._layout(shot, speech, run.workdir)
+        out["params"] = {"backend": self.job.stages.dub.backend, "lines": said}
+        billed = [p.get("billed_vs_planned") for line in said for p in line.values() if isinstance(p, dict)]
+        if any(b and b != "as planned" for b in billed):
+            out["params"]["billed_vs_planned"] = "; ".join(b for b in billed if b and b != "as planned")
+        return out
 
-    def _speak(self, shot: Shot, script: Script, lang: str, run: StageRun) -> list[np.ndarray]:
+    def _speak(self, shot: Shot, script: Script, lang: str, run: StageRun,
+               said: list[dict[str, Any]]) -> list[np.ndarray]:
+        """Every line of the shot in `lang`; what the backend did per line (voice, reference, emotion as
+        applied) goes into `said[i][lang]`, the stage's params."""
         clips = []
         for i, line in enumerate(shot.lines):
             raw = run.workdir / f"{shot.id}-{lang}-{i:02d}.raw.wav"
@@ -64,6 +78,7 @@ class DubStage:
                                        voice=_voice(script, self.job, line.speaker),
                                        emotion=line.emotion)
             report_all(run, result.ai_usage)
+            said[i][lang] = dict(result.params)
             clips.append(read_audio(raw))
             raw.unlink()
         return clips
@@ -113,9 +128,26 @@ class DubStage:
                 "extended": target is not None and any(s > target for s in spans)}
 
 
-def _voice(script: Script, job: Job, speaker: str) -> dict[str, str]:
+def _voice(script: Script, job: Job, speaker: str) -> dict[str, Any]:
+    """The voice a character is dubbed with: the screenplay's hints, the series bible's reference clip,
+    transcript and seed, then `stages.dub.voices.<speaker>` (a relative `reference` is beside the job)."""
     char = script.characters.get(speaker)
-    return {**(char.voice if char else {}), **job.stages.tts.voices.get(speaker, {})}
+    voice: dict[str, Any] = dict(char.voice) if char else {}
+    if char is not None:
+        voice.update({k: v for k, v in (("reference", char.voice_reference), ("transcript", char.voice_transcript),
+                                        ("seed", char.seed)) if v is not None})
+    voice.update(job.stages.dub.voices.get(speaker, {}))
+    if voice.get("reference"):
+        voice["reference"] = str((job.job_dir / str(voice["reference"])).resolve())
+    return voice
+
+
+def _clip_digest(path: str) -> str:
+    """The content of a reference clip (a changed clip re-voices the character's lines); missing: the name."""
+    try:
+        return file_digest(Path(path))
+    except OSError:
+        return f"missing:{path}"
 
 
 def _span(clips: list[np.ndarray], lead: float, gap: float, tail: float) -> float:
