@@ -122,6 +122,10 @@ def run(job: Path = typer.Argument(..., help="Episode job YAML"),
 
         _fail(RuntimeError(format_failure(exc)), 1)
     out = j.out_path / "episode.mp4"
+    from pipeline.identity_report import warning_lines
+
+    for line in warning_lines(manifest):  # shots the identity check could not pass: never silently fine
+        err.print(f"[yellow]{escape(line)}[/]", markup=True, highlight=False, soft_wrap=True)
     if quiet:
         typer.echo(str(out))
     else:

@@ -18,6 +18,10 @@ class Character(_Frozen):
     names: dict[str, str] = Field(default_factory=dict)  # lang -> name in that language (glossary)
     voice: dict[str, str] = Field(default_factory=dict)  # e.g. {"gender": "f", "espeak": "cmn+f3"}
     description: str = ""
+    reference_images: tuple[str, ...] = ()  # approved reference images (character sheet), absolute paths once resolved
+    voice_reference: str | None = None  # a reference clip for voice cloning (absolute path once resolved)
+    voice_transcript: str | None = None  # what the reference clip says
+    seed: int | None = None  # the character's own seed (face/voice), stable across the series
 
 
 class Line(_Frozen):

@@ -143,13 +143,13 @@ def log_episode(*, tracking_uri: str, job: Any, manifest: dict[str, Any], usage:
                             "executions": manifest["cache"]["executions"]})
         money = stage_money(costs)
         for stage in [s for s in STAGE_ORDER if s in metrics]:
-            _log_stage(mlflow, job, stage, metrics[stage], money.get(stage, {}), parent.info.run_id)
+            _log_stage(mlflow, job, stage, metrics[stage], money.get(stage, {}), parent.info.run_id, manifest)
         _log_artifacts(mlflow, out_dir, usage, costs, checkpoint)
         return parent.info.run_id
 
 
 def _log_stage(mlflow: Any, job: Any, stage: str, metrics: dict[str, float], money: dict[str, str],
-               parent_id: str) -> None:
+               parent_id: str, manifest: dict[str, Any] | None = None) -> None:
     from pipeline.job_backends import backend_settings
 
     settings = backend_settings(job, stage)
@@ -166,6 +166,10 @@ def _log_stage(mlflow: Any, job: Any, stage: str, metrics: dict[str, float], mon
                                 "episode": job.episode, **money}):
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
+        if stage == "storyboard" and manifest is not None:  # quality, not money: from the manifest
+            from pipeline.identity_report import log_storyboard_run
+
+            log_storyboard_run(mlflow, manifest, job.stages.storyboard.identity)
 
 
 def _log_artifacts(mlflow: Any, out_dir: Path, usage: list[dict], costs: list[dict],
