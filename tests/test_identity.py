@@ -147,3 +147,200 @@ def test_faces_are_matched_one_to_one():
 
     assert match(np.array([[0.9, 0.8], [0.85, 0.1]])) == [1, 0]  # greedy would give both the first face
     assert match(np.array([[0.2], [0.7]])) == [None, 0]
+
+
+# ---------------------------------------------------------------- the storyboard stage's check and re-renders
+
+def _job(tmp_path: Path, backend: str = "flux-tiny", **identity):
+    from pipeline.job import IdentitySettings, Job, Stages, StoryboardSettings
+
+    board = StoryboardSettings(backend=backend, options={"steps": 1}, width=W, height=H,
+                               identity=IdentitySettings(**identity) if identity else None)
+    return Job(drama="ident", episode="ep01", screenplay=Path("x.fountain"), stages=Stages(storyboard=board),
+               cache_dir=tmp_path / "cache", output_dir=tmp_path / "out")
+
+
+def _run_stage(job, script: Script, shot_index: int, workdir: Path):
+    from pipeline.orchestrate import make_aux_backends, make_backend
+    from pipeline.stages import StageCall, StageRun
+    from pipeline.stages.storyboard import StoryboardStage
+
+    usage: list[tuple[str, str, float]] = []
+    workdir.mkdir(parents=True, exist_ok=True)
+    run = StageRun(workdir=workdir, backend=make_backend(job, "storyboard"),
+                   report_usage=lambda t, u, q: usage.append((t, u, q)),
+                   aux_backends=make_aux_backends(job, "storyboard"))
+    shot = script.shots[shot_index]
+    return StoryboardStage(job).run(StageCall(shot.id, {"shot": shot, "script": script}), run), usage
+
+
+def _prerender(job, script: Script, shot_index: int, path: Path, try_index: int) -> str:
+    from pipeline.stages.storyboard import shot_seed
+
+    shot = script.shots[shot_index]
+    backend = resolve("storyboard", job.stages.storyboard.backend)(steps=1)
+    backend.render(shot, script, path, width=W, height=H, seed=shot_seed(job.seed, shot.id), try_index=try_index)
+    return str(path)
+
+
+def test_a_keyframe_like_its_reference_passes_at_once(tmp_path):
+    job = _job(tmp_path, min_similarity=0.9999, max_tries=3)
+    ref = _prerender(job, _script({}), 1, tmp_path / "ref.png", try_index=0)  # flux-tiny: the reference is unseen
+    out, usage = _run_stage(job, _script({"林晓": (ref,)}), 1, tmp_path / "w")
+    ident = out["identity"]
+    assert ident["status"] == "passed" and len(ident["tries"]) == 1 and ident["chosen_try"] == 1
+    assert ident["scores"]["林晓"]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert usage == [("flux-tiny", "image", 1.0), ("flux-tiny:step", "step", 1.0), ("arcface-tiny", "image", 1.0)]
+    assert _digest(out["image"]) == _digest(ref)
+
+
+def test_below_the_threshold_the_shot_is_rerendered_with_another_seed_and_each_try_metered(tmp_path):
+    job = _job(tmp_path, min_similarity=0.9999, max_tries=3)
+    ref = _prerender(job, _script({}), 1, tmp_path / "ref.png", try_index=1)  # what the second try will draw
+    out, usage = _run_stage(job, _script({"林晓": (ref,)}), 1, tmp_path / "w")
+    tries = out["identity"]["tries"]
+    assert [t["status"] for t in tries] == ["failed", "passed"] and out["identity"]["status"] == "passed"
+    assert tries[0]["scores"]["林晓"]["score"] < 0.9999 <= tries[1]["scores"]["林晓"]["score"]
+    assert tries[0]["seed"] != tries[1]["seed"] and out["identity"]["chosen_try"] == 2
+    assert _digest(out["image"]) == _digest(tries[1]["image"]) == _digest(ref)
+    assert [u for u in usage if u[1] == "image"] == [("flux-tiny", "image", 1.0), ("arcface-tiny", "image", 1.0)] * 2
+
+
+def test_a_shot_that_never_passes_is_flagged_with_its_best_try(tmp_path):
+    job = _job(tmp_path, min_similarity=0.99999, max_tries=3)
+    other = _png(tmp_path / "other.png", 9)
+    out, usage = _run_stage(job, _script({"林晓": (other,), "顾辰": (other,)}), 0, tmp_path / "w")
+    ident = out["identity"]
+    assert ident["status"] == "flagged" and len(ident["tries"]) == 3 and "after 3 tries" in ident["reason"]
+    assert len({t["seed"] for t in ident["tries"]}) == 3 and len({_digest(t["image"]) for t in ident["tries"]}) == 3
+    worst = [min(v["score"] for v in t["scores"].values() if v["score"] is not None) for t in ident["tries"]]
+    assert ident["chosen_try"] == 1 + worst.index(max(worst))
+    assert _digest(out["image"]) == _digest(ident["tries"][ident["chosen_try"] - 1]["image"])
+    assert sum(1 for u in usage if u[0] == "flux-tiny") == 3 and sum(1 for u in usage if u[0] == "arcface-tiny") == 3
+
+
+def test_no_face_and_no_reference_are_recorded_not_retried(tmp_path):
+    job = _job(tmp_path, min_similarity=0.5, max_tries=3, options={"detector": "haar"})
+    ref = _png(tmp_path / "ref.png", 9)
+    out, usage = _run_stage(job, _script({"林晓": (ref,)}), 1, tmp_path / "w")
+    assert out["identity"]["status"] == "no-face" and len(out["identity"]["tries"]) == 1
+    assert out["identity"]["scores"]["林晓"]["score"] is None
+    out, usage = _run_stage(job, _script({}), 1, tmp_path / "w2")
+    assert out["identity"] == {"status": "unchecked", "reason": "no reference images for the shot's characters",
+                               "tries": []}
+    out, _ = _run_stage(_job(tmp_path), _script({"林晓": (ref,)}), 1, tmp_path / "w3")
+    assert "identity" not in out  # the check is off unless configured
+
+
+def test_the_cache_key_follows_the_reference_images_contents(tmp_path):
+    from pipeline.stages import StageCall
+    from pipeline.stages.storyboard import StoryboardStage
+
+    job = _job(tmp_path, min_similarity=0.5)
+    ref = tmp_path / "ref.png"
+    _png(ref, 1)
+    shot = _script({}).shots[1]
+    key = lambda: StoryboardStage(job).cache_key_parts(StageCall(shot.id, {"shot": shot, "script": _script({"林晓": (str(ref),)})}))
+    before = key()
+    assert key() == before
+    _png(ref, 2)  # the same path, a replaced sheet
+    assert key() != before
+    job2 = _job(tmp_path, min_similarity=0.6)
+    assert StoryboardStage(job2).cache_key_parts(StageCall(shot.id, {"shot": shot, "script": _script({"林晓": (str(ref),)})})) != key()
+
+
+def test_execute_puts_every_try_in_the_usage_record(tmp_path):
+    """Through the cache and the meter (no Ray): one usage record whose AI usage holds every render and check
+    and whose meta lists each try's seed, status and scores; a re-run is a cache hit with the same scores."""
+    from pipeline.orchestrate import RunInfo, execute
+    from pipeline.stages import StageCall
+
+    job = _job(tmp_path, min_similarity=0.99999, max_tries=2)
+    other = _png(tmp_path / "other.png", 9)
+    script = _script({"林晓": (other,)})
+    shot = script.shots[1]
+    info = RunInfo(run_id="r1", job=job, cache_root=str(tmp_path / "cache"))
+    res = execute(info, "storyboard", StageCall(shot.id, {"shot": shot, "script": script}))
+    rec = res["record"]
+    assert [u["tool"] for u in rec["ai_usage"]] == ["flux-tiny", "flux-tiny:step", "arcface-tiny"] * 2
+    assert rec["meta"]["identity.status"] == "flagged" and rec["meta"]["identity.tries"] == "2"
+    assert rec["meta"]["identity.scores"].startswith("try1 seed=") and "; try2 seed=" in rec["meta"]["identity.scores"]
+    again = execute(info, "storyboard", StageCall(shot.id, {"shot": shot, "script": script}))
+    assert again["cache_hit"] and again["outputs"]["identity"] == res["outputs"]["identity"]
+
+
+# ---------------------------------------------------------------- settings, manifest, MLflow
+
+def test_identity_settings_are_validated_with_the_field_path(tmp_path):
+    from pipeline.errors import JobError
+    from pipeline.job import load_job
+    from pipeline.orchestrate import preflight
+    from tests.tiny_jobs import places, write_job
+
+    path = write_job(tmp_path / "j", profile="tiny")
+    job = load_job(path, places(tmp_path))
+    assert job.stages.storyboard.identity.min_similarity == 0.5 and job.stages.storyboard.identity.max_tries == 3
+    for override, message in (("stages.storyboard.identity.min_similarity=1.5",
+                               "stages.storyboard.identity.min_similarity: Input should be less than or equal to 1"),
+                              ("stages.storyboard.identity.max_tries=0",
+                               "stages.storyboard.identity.max_tries: Input should be greater than or equal to 1"),
+                              ("stages.storyboard.identity.backend=facenet",
+                               "stages.storyboard.identity.backend: unknown backend 'facenet'")):
+        with pytest.raises(JobError, match=message):
+            load_job(path, places(tmp_path) + [override])
+    assert load_job(path, places(tmp_path) + ["stages.storyboard.identity=null"]).stages.storyboard.identity is None
+    proc = load_job(path, places(tmp_path) + ["stages.storyboard.backend=procedural"])
+    assert any("stages.storyboard.identity.max_tries: 3 renders asked" in p for p in preflight(proc))
+    bad = load_job(path, places(tmp_path) + ["stages.storyboard.identity.options.detector=mtcnn"])
+    assert any("stages.storyboard.identity.options.detector must be one of haar, full-frame" in p
+               for p in preflight(bad))
+
+
+def _manifest_shots(tmp_path: Path) -> list[dict]:
+    from pipeline.identity_report import shot_identity
+
+    job = _job(tmp_path, min_similarity=0.9999, max_tries=2)
+    ref = _prerender(job, _script({}), 1, tmp_path / "ref.png", try_index=0)
+    other = _png(tmp_path / "other.png", 9)
+    passed, _ = _run_stage(job, _script({"林晓": (ref,)}), 1, tmp_path / "a")
+    flagged, _ = _run_stage(job, _script({"林晓": (other,), "顾辰": (other,)}), 0, tmp_path / "b")
+    unchecked, _ = _run_stage(job, _script({}), 2, tmp_path / "c")
+    return [{"id": i, "identity": shot_identity(o)} for i, o in
+            (("s01-sh02", passed), ("s01-sh01", flagged), ("s01-sh03", unchecked))]
+
+
+def test_manifest_summary_review_list_warnings_and_mlflow(tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.identity_report import log_storyboard_run, summary, warning_lines
+    from pipeline.job import IdentitySettings
+    from pipeline.runner import publish_review
+
+    shots = _manifest_shots(tmp_path)
+    summ, review = summary(shots)
+    assert summ["checked_shots"] == 2 and summ["renders"] == 3 and summ["rerender_rate"] == 0.5
+    assert summ["by_status"] == {"passed": ["s01-sh02"], "flagged": ["s01-sh01"], "unchecked": ["s01-sh03"]}
+    assert [r["shot"] for r in review] == ["s01-sh01"] and len(review[0]["images"]) == 2
+    manifest = {"shots": shots, "identity": summ, "review": review}
+    (line,) = warning_lines(manifest)
+    assert line.startswith("warning: storyboard[s01-sh01]: identity flagged, for review: below min_similarity")
+    staging = tmp_path / "pub"
+    staging.mkdir()
+    publish_review(manifest, staging)
+    assert review[0]["images"] == ["review/s01-sh01.try1.png", "review/s01-sh01.try2.png"]
+    assert all((staging / p).is_file() for p in review[0]["images"])
+    json.dumps(manifest, ensure_ascii=False)  # the manifest stays JSON
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run() as run:
+        log_storyboard_run(mlflow, manifest, IdentitySettings(min_similarity=0.9999, max_tries=2))
+    client = MlflowClient()
+    data = client.get_run(run.info.run_id).data
+    assert data.params["identity.min_similarity"] == "0.9999" and data.params["identity.max_tries"] == "2"
+    assert data.metrics["identity.s01-sh02.林晓"] == pytest.approx(1.0, abs=1e-5)
+    history = client.get_metric_history(run.info.run_id, "identity.s01-sh01.顾辰")
+    assert sorted(m.step for m in history) == [1, 2]  # one value per try
+    assert data.metrics["identity_flagged_shots"] == 1 and data.metrics["identity_rerender_rate"] == 0.5
+    art = client.download_artifacts(run.info.run_id, "identity/identity.json", str(tmp_path / "dl"))
+    assert json.loads(Path(art).read_text("utf-8"))["review"][0]["shot"] == "s01-sh01"
