@@ -19,8 +19,16 @@ BACKENDS: dict[str, dict[str, str]] = {
         "flux-tiny": "models.image.diffusers_t2i:FluxTiny",
         "flux-dev": "models.image.diffusers_t2i:FluxDev",
         "sdxl": "models.image.diffusers_t2i:SDXL",
+        "flux-kontext-tiny": "models.image.reference:FluxKontextTiny",
+        "flux-kontext-dev": "models.image.reference:FluxKontextDev",
+        "sdxl-ip-adapter-tiny": "models.image.reference:SDXLIPAdapterTiny",
+        "sdxl-ip-adapter": "models.image.reference:SDXLIPAdapter",
         "wan-t2i-api": "models.image.hosted:WanApiImage",
         "seedream-api": "models.image.hosted:SeedreamApiImage",
+    },
+    "identity": {  # the storyboard's identity check (stages.storyboard.identity.backend)
+        "arcface-tiny": "models.image.identity:ArcFaceTiny",
+        "arcface-r50": "models.image.identity:ArcFaceR50",
     },
     "video": {
         "camera-move": "models.video.camera:CameraMoveVideo",

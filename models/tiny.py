@@ -1,7 +1,8 @@
 """Architecture-exact tiny random models, built offline and deterministically from a seed, for tests and CPU runs.
 
-Every builder uses the real classes (diffusers' WanPipeline/WanImageToVideoPipeline/FluxPipeline,
-transformers' UMT5/T5/CLIP/Qwen2/VITS/Marian) at diffusers-fast-test sizes, with random weights drawn
+Every builder uses the real classes (diffusers' WanPipeline/WanImageToVideoPipeline/FluxPipeline/
+FluxKontextPipeline/StableDiffusionXLPipeline with an IP-Adapter, transformers' UMT5/T5/CLIP/Qwen2/VITS/Marian,
+insightface's ArcFace IResNet exported to ONNX) at diffusers-fast-test sizes, with random weights drawn
 under a forked, seeded RNG and tokenizers built from an in-memory vocabulary (SentencePiece models for
 Marian are trained in memory on a fixed corpus): nothing is downloaded. Results are cached per process,
 so a resident Ray actor builds each model once; `BUILDS` counts the builds.
@@ -338,6 +339,165 @@ def _build_flux(seed: int) -> Any:
 def flux(seed: int = 0) -> Any:
     """Tiny FLUX.1 text-to-image pipeline (CLIP + T5 encoders, 1+1-block FLUX transformer, 8× VAE)."""
     return cached("flux", seed, _build_flux)
+
+
+def _build_flux_kontext(seed: int) -> Any:
+    from diffusers import FluxKontextPipeline
+
+    # FLUX.1 Kontext [dev] is the FLUX.1 transformer fed the reference latents as extra sequence tokens:
+    # the same modules as FLUX.1 (diffusers' FluxKontextPipeline fast tests use the FLUX dummy components)
+    flux_pipe = _build_flux(seed)
+    pipe = FluxKontextPipeline(**{k: v for k, v in flux_pipe.components.items()
+                                  if k not in ("image_encoder", "feature_extractor")})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def flux_kontext(seed: int = 0) -> Any:
+    """Tiny FLUX.1 Kontext [dev] pipeline: a keyframe conditioned on a reference image."""
+    return cached("flux-kontext", seed, _build_flux_kontext)
+
+
+# ---------------------------------------------------------------- image: SDXL + IP-Adapter
+
+IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHTS = "sdxl_models", "ip-adapter_sdxl.safetensors"  # h94/IP-Adapter layout
+
+
+def _build_sdxl(seed: int) -> Any:
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tok = clip_tokenizer()
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    text_config = CLIPTextConfig(bos_token_id=tok.convert_tokens_to_ids("<|startoftext|>"), eos_token_id=eos,
+                                 pad_token_id=eos, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                                 num_hidden_layers=2, vocab_size=len(tok), projection_dim=32, hidden_act="gelu",
+                                 max_position_embeddings=77)
+    # diffusers' SDXL fast-test UNet (text_time conditioning: 6 × 8 time ids + the 32-d pooled text embedding)
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=1)
+    vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 8, 8, 8),
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        layers_per_block=1, latent_channels=4, norm_num_groups=4, scaling_factor=0.13025)
+    text_encoder, text_encoder_2 = CLIPTextModel(text_config), CLIPTextModelWithProjection(text_config)
+    _eval(unet, vae, text_encoder, text_encoder_2)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1,
+                                       beta_schedule="scaled_linear", timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tok,
+                                     tokenizer_2=clip_tokenizer(), unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def ip_adapter_folder(unet: Any, folder: Path, *, image_embed_dim: int = 32) -> Path:
+    """A random IP-Adapter for `unet` written as h94/IP-Adapter lays out its SDXL adapter
+    (``sdxl_models/ip-adapter_sdxl.safetensors`` with ``image_proj.*``/``ip_adapter.N.to_{k,v}_ip`` keys, and
+    the CLIP vision encoder under ``sdxl_models/image_encoder``), so diffusers' own `load_ip_adapter` reads it.
+    The keys follow diffusers' ``create_ip_adapter_state_dict`` test helper."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    cross = unet.config.cross_attention_dim
+    sd: dict[str, Any] = {"image_proj.proj.weight": torch.randn(4 * cross, image_embed_dim) * 0.02,
+                          "image_proj.proj.bias": torch.zeros(4 * cross),
+                          "image_proj.norm.weight": torch.ones(cross), "image_proj.norm.bias": torch.zeros(cross)}
+    key_id = 1  # numbered over the cross-attention processors only, 1, 3, 5, … as in the original adapters
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        block = name.split(".")[0]
+        out = list(unet.config.block_out_channels)
+        hidden = (out[-1] if block == "mid_block" else out[::-1][int(name.split(".")[1])] if block == "up_blocks"
+                  else out[int(name.split(".")[1])])
+        for kv in ("k", "v"):
+            sd[f"ip_adapter.{key_id}.to_{kv}_ip.weight"] = torch.randn(hidden, cross) * 0.02
+        key_id += 2
+    root = Path(folder) / IP_ADAPTER_SUBFOLDER
+    root.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(root / IP_ADAPTER_WEIGHTS))
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=16, projection_dim=image_embed_dim, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+        intermediate_size=37, patch_size=4))
+    encoder.save_pretrained(str(root / "image_encoder"))
+    return Path(folder)
+
+
+def _build_sdxl_ip_adapter(seed: int) -> Any:
+    pipe = _build_sdxl(seed)
+    folder = ip_adapter_folder(pipe.unet, _tmpdir("ip-adapter"))
+    pipe.load_ip_adapter(str(folder), subfolder=IP_ADAPTER_SUBFOLDER, weight_name=IP_ADAPTER_WEIGHTS,
+                         local_files_only=True)  # the same loader the production backend calls
+    _eval(pipe.image_encoder)
+    return pipe
+
+
+def sdxl_ip_adapter(seed: int = 0) -> Any:
+    """Tiny SDXL pipeline (two CLIP text encoders, text-time UNet, 8× VAE) with a tiny IP-Adapter loaded
+    through diffusers' `load_ip_adapter` from an h94-layout folder (CLIP vision encoder + image projection)."""
+    return cached("sdxl-ip-adapter", seed, _build_sdxl_ip_adapter)
+
+
+# ---------------------------------------------------------------- faces: ArcFace (insightface IResNet) as ONNX
+
+def _iresnet(width: int = 8, embedding: int = 32) -> Any:
+    """insightface's IResNet (ArcFace backbone: conv-BN-PReLU stem, IBasicBlocks, BN-dropout-FC-BN head) at
+    two stages of one block, for a 112×112 aligned face."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int) -> None:
+            super().__init__()
+            self.bn1, self.conv1 = nn.BatchNorm2d(cin, eps=1e-5), nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+            self.bn2, self.prelu = nn.BatchNorm2d(cout, eps=1e-5), nn.PReLU(cout)
+            self.conv2, self.bn3 = nn.Conv2d(cout, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout, eps=1e-5)
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, 2, bias=False), nn.BatchNorm2d(cout, eps=1e-5))
+
+        def forward(self, x: Any) -> Any:
+            out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+            return out + self.downsample(x)
+
+    class IResNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width, eps=1e-5)
+            self.prelu = nn.PReLU(width)
+            self.layers = nn.Sequential(Block(width, 2 * width), Block(2 * width, 4 * width), Block(4 * width, 4 * width),
+                                        Block(4 * width, 4 * width))
+            self.bn2 = nn.BatchNorm2d(4 * width, eps=1e-5)
+            self.fc = nn.Linear(4 * width * 7 * 7, embedding)
+            self.features = nn.BatchNorm1d(embedding, eps=1e-5)
+
+        def forward(self, x: Any) -> Any:
+            x = self.layers(self.prelu(self.bn1(self.conv1(x))))
+            return self.features(self.fc(torch.flatten(self.bn2(x), 1)))
+
+    return IResNet()
+
+
+def _build_arcface_onnx(seed: int) -> bytes:
+    import torch
+
+    net = _iresnet().eval()
+    for m in net.modules():  # random running statistics, as a trained net has (identity BN would be degenerate)
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    buf = io.BytesIO()
+    torch.onnx.export(net, (torch.zeros(1, 3, 112, 112),), buf, dynamo=False, input_names=["input.1"],
+                      output_names=["embedding"], dynamic_axes={"input.1": {0: "batch"}, "embedding": {0: "batch"}})
+    return buf.getvalue()
+
+
+def arcface_onnx(seed: int = 0) -> bytes:
+    """A tiny random ArcFace recogniser as an ONNX model (insightface's w600k_r50.onnx interface: input
+    ``input.1`` N×3×112×112 normalised as (x − 127.5)/127.5, output an embedding per face), for onnxruntime."""
+    return cached("arcface-onnx", seed, _build_arcface_onnx)
 
 
 # ---------------------------------------------------------------- text: causal LM, Marian, VITS

@@ -128,6 +128,10 @@ def run(job: Path = typer.Argument(..., help="Episode job YAML"),
 
     if corrupt_line(manifest):  # said even with --quiet (on stderr): the cache was tampered with or rotted
         err.print(f"[bold yellow]warning:[/] {escape(corrupt_line(manifest))}", highlight=False, soft_wrap=True)
+    from pipeline.identity_report import warning_lines
+
+    for line in warning_lines(manifest):  # shots the identity check could not pass: never silently fine
+        err.print(f"[yellow]{escape(line)}[/]", markup=True, highlight=False, soft_wrap=True)
     if quiet:
         typer.echo(str(out))
     else:

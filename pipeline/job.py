@@ -70,10 +70,22 @@ class ScriptSettings(BackendSettings):
     backend: str = "fountain"
 
 
+class IdentitySettings(_Frozen):
+    """The storyboard's identity check (docs/identity.md): each keyframe's faces against the reference faces
+    of the shot's characters; below `min_similarity` the keyframe is re-rendered with another seed, up to
+    `max_tries` renders in all, and a shot that never passes is flagged for review."""
+
+    backend: str = "arcface-tiny"  # models/registry.py, stage "identity"
+    options: dict[str, Any] = Field(default_factory=dict)
+    min_similarity: float = Field(0.5, ge=-1, le=1)  # cosine similarity of face embeddings
+    max_tries: int = Field(3, ge=1, le=10)  # renders per shot, the first included
+
+
 class StoryboardSettings(BackendSettings):
     backend: str = "procedural"
     width: int = Field(1080, ge=16, le=4096)
     height: int = Field(1920, ge=16, le=8192)
+    identity: IdentitySettings | None = None  # off unless set (a profile or the job turns it on)
 
 
 class VideoSettings(BackendSettings):
@@ -592,6 +604,21 @@ def validate(job: Job) -> list[str]:
     problems += _series_problems(job)
     for section, settings in job.stages.backends().items():
         problems += literal_secret_problems(settings.options, f"stages.{section}.options")
+    identity = job.stages.storyboard.identity
+    if identity is not None:
+        problems += literal_secret_problems(identity.options, "stages.storyboard.identity.options")
+        if identity.backend not in BACKENDS.get("identity", {}):
+            problems.append(f"stages.storyboard.identity.backend: unknown backend {identity.backend!r}; choose one "
+                            f"of: {', '.join(sorted(BACKENDS.get('identity', {})))}")
+        else:
+            from models import options
+            from models.registry import BackendError, resolve
+
+            try:
+                problems += options.problems("storyboard.identity", identity.backend,
+                                             resolve("identity", identity.backend), identity.options)
+            except BackendError:
+                pass  # a missing package: preflight names it where the check runs
     for stage in ("storyboard", "video"):
         s = getattr(job.stages, stage)
         if abs(s.width / s.height - 9 / 16) > 0.03 * 9 / 16:

@@ -92,6 +92,60 @@ def make_backend(job: Job, stage: str) -> Any:
     return _LOCAL_BACKENDS[key]
 
 
+def make_aux_backends(job: Job, stage: str) -> dict[str, Any]:
+    """What a stage uses besides its backend, one per process like backends: the storyboard's identity check
+    (`stages.storyboard.identity`), a face model kept resident beside the keyframe model."""
+    ident = job.stages.storyboard.identity
+    if stage != "storyboard" or ident is None:
+        return {}
+    key = digest("identity", ident.backend, ident.options)
+    if key not in _LOCAL_BACKENDS:
+        _LOCAL_BACKENDS[key] = options.construct(resolve("identity", ident.backend), ident.options)
+    return {"identity": _LOCAL_BACKENDS[key]}
+
+
+def _identity_problems(job: Job) -> list[str]:
+    """The identity check's backend must build, and re-renders need a storyboard backend that draws new seeds."""
+    from pipeline.errors import UserError
+
+    ident = job.stages.storyboard.identity
+    if ident is None:
+        return []
+    problems = []
+    try:
+        options.construct(resolve("identity", ident.backend), ident.options)
+    except UserError as exc:
+        problems += [secrets.redact(p) for p in exc.problems]
+    except (TypeError, ValueError, ModuleNotFoundError) as exc:
+        problems.append(secrets.redact(f"stages.storyboard.identity: backend {ident.backend!r}: {exc}"))
+    board = job.stages.storyboard.backend
+    try:
+        retries = getattr(resolve("storyboard", board), "identity_retries", False)
+    except ValueError:
+        retries = True  # an unknown backend is reported on its own
+    if ident.max_tries > 1 and not retries:
+        problems.append(f"stages.storyboard.identity.max_tries: {ident.max_tries} renders asked, but the storyboard "
+                        f"backend {board!r} cannot re-render with another seed; use a diffusers backend "
+                        "(flux-kontext-*, sdxl-ip-adapter*, flux-*) or set max_tries: 1")
+    return problems
+
+
+def report_identity(meter: Meter, produced: Any) -> None:
+    """Every identity try in the usage record (meta), beside its AI usage: seed, status and scores per try."""
+    ident = produced.get("identity") if isinstance(produced, dict) else None
+    if not isinstance(ident, dict):
+        return
+    meter.meta["identity.status"] = str(ident.get("status"))
+    meter.meta["identity.tries"] = str(len(ident.get("tries") or []))
+    parts = []
+    for t in ident.get("tries") or []:
+        scores = " ".join(f"{name}={'none' if v['score'] is None else format(v['score'], '.4f')}"
+                          for name, v in t["scores"].items())
+        parts.append(f"try{t['try']} seed={t['seed']} {t['status']}: {scores}")
+    if parts:
+        meter.meta["identity.scores"] = "; ".join(parts)[:2000]
+
+
 def preflight(job: Job) -> list[str]:
     """Build every stage's backend here, before any work, and collect what stops one: weights that are not
     on this machine (naming the model and how to provide a local weights dir), a missing API key, a bad
@@ -112,7 +166,7 @@ def preflight(job: Job) -> list[str]:
             problems.append(secrets.redact(f"stages.{section}: backend {settings.backend!r}: {exc}"))
     from pipeline.finance.plan import preflight_prices
 
-    return problems + preflight_prices(job)
+    return problems + _identity_problems(job) + preflight_prices(job)
 
 
 def is_resident(job: Job, stage: str) -> bool:
@@ -159,7 +213,8 @@ def execute(info: RunInfo, stage_name: str, call: StageCall, attempt: int = 1,
             else:
                 staging = cache.staging()
                 backend = backend if backend is not None else make_backend(info.job, stage_name)
-                run = StageRun(workdir=staging, backend=backend, report_usage=m.add_ai_usage)
+                run = StageRun(workdir=staging, backend=backend, report_usage=m.add_ai_usage,
+                               aux_backends=make_aux_backends(info.job, stage_name))
                 with task_log.bound(journal(info, meter)):
                     try:
                         produced = stage.run(call, run)
@@ -168,6 +223,7 @@ def execute(info: RunInfo, stage_name: str, call: StageCall, attempt: int = 1,
                             m.add_ai_usage(item["tool"], item["unit"], float(item["quantity"]))
                         raise
                 report_plan_difference(m, produced)
+                report_identity(m, produced)
                 outputs = cache.commit(key, staging, secrets.redact_obj(produced))
     except Exception as exc:  # metered below, then re-raised as a StageFailed the driver understands
         error = exc

@@ -14,6 +14,7 @@ import ray
 
 from pipeline.cache import place
 from pipeline.errors import UserError
+from pipeline.identity_report import shot_identity, summary
 from pipeline.job import Job
 from pipeline.metering.attempts import driver_identity
 from pipeline.orchestrate import (RunInfo, StageWorker, is_resident, new_run_id, stage_task,
@@ -267,6 +268,10 @@ def build_manifest(job: Job, info: RunInfo, script: Any, per_shot: dict, results
             "stretch": res["dub"]["outputs"]["stretch"],
             "cache_hit": {st: res[st]["cache_hit"] for st in SHOT_STAGES},
         })
+        ident = shot_identity(res["storyboard"]["outputs"])
+        if ident is not None:
+            shots[-1]["identity"] = ident
+    identity, review = summary(shots)
     executions = [results["script"], results["translate"], results["edit"]] + \
         [per_shot[s.id][st] for s in script.shots for st in SHOT_STAGES]
     hits = sum(1 for r in executions if r["cache_hit"])
@@ -280,6 +285,7 @@ def build_manifest(job: Job, info: RunInfo, script: Any, per_shot: dict, results
                      ("script", "translate", "storyboard", "dub", "video")} | {"edit": "ffmpeg"},
         "seed": job.seed, "duration_s": round(edit["duration_s"], 6), "fps": job.stages.video.fps,
         "shots": shots, "content_id": edit["content_id"],
+        **({"identity": identity, "review": review} if job.stages.storyboard.identity is not None else {}),
         "cache": {"executions": len(executions), "hits": hits, "all_cached": hits == len(executions),
                   "edit_key": results["edit"]["key"],
                   "corrupt_entries": corrupt_entries(names, executions)},
@@ -327,6 +333,7 @@ def publish(job: Job, edit: dict[str, Any], manifest: dict[str, Any]) -> Path:
 
         manifest["outputs"].update(publish_handoff(job, edit, staging, final))
         _publish_cast(manifest.get("cast") or {}, staging)
+        publish_review(manifest, staging)
         (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2), "utf-8")
         if final.exists():
             old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
@@ -339,7 +346,6 @@ def publish(job: Job, edit: dict[str, Any], manifest: dict[str, Any]) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
-
 
 
 def _publish_cast(cast: dict[str, dict[str, Any]], staging: Path) -> None:
@@ -355,3 +361,19 @@ def _publish_cast(cast: dict[str, dict[str, Any]], staging: Path) -> None:
             place(path, staging / rel)
             published[view] = rel
         entry["sheets"] = published
+
+
+def publish_review(manifest: dict[str, Any], staging: Path) -> None:
+    """Every try of each shot for review goes beside the manifest (review/<shot>.tryN.png) for a person to
+    compare with the reference sheets; the manifest then names those copies."""
+    by_id = {s["id"]: s for s in manifest["shots"]}
+    for entry in manifest.get("review", []):
+        tries = by_id[entry["shot"]]["identity"]["tries"]
+        for t in tries:
+            src = Path(t["image"])
+            if src.is_file():
+                (staging / "review").mkdir(exist_ok=True)
+                place(src, staging / "review" / src.name)
+                t["image"] = f"review/{src.name}"
+        entry["images"] = [t["image"] for t in tries]
+

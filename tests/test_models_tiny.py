@@ -306,7 +306,7 @@ def test_validate_and_run_refuse_a_real_profile_without_weights_before_any_work(
                                "profile=gpu-h100", f"output_dir={tmp_path / 'out'}"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, proc.stderr
-        for model_id, stage in (("black-forest-labs/FLUX.1-dev", "storyboard"),
+        for model_id, stage in (("black-forest-labs/FLUX.1-Kontext-dev", "storyboard"),
                                 ("Wan-AI/Wan2.1-I2V-14B-480P-Diffusers", "video"),
                                 ("Helsinki-NLP/opus-mt-zh-en", "translate")):
             assert model_id in proc.stderr and f"stages.{stage}.options.weights_dir=" in proc.stderr

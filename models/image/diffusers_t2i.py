@@ -52,6 +52,11 @@ def character_seed(name: str, overrides: dict[str, int]) -> int:
     return int(overrides[name]) if name in overrides else zlib.crc32(name.encode("utf-8"))
 
 
+def retry_seed(seed: int, try_index: int) -> int:
+    """The seed of the identity check's re-render number `try_index` (0: the shot's own seed)."""
+    return int(seed) if try_index == 0 else (int(seed) + try_index * 1_000_003) % 2**32
+
+
 def reference_prompt(name: str, script: Script, overrides: dict[str, str]) -> str:
     """How a character looks in every prompt: the override, else name + description from the screenplay."""
     if name in overrides:
@@ -106,6 +111,7 @@ class DiffusersKeyframes:
     resident = True
     draws_dialogue = False  # prompted from framing, people, action and place (keyframe_prompt)
     num_gpus = 0
+    identity_retries = True  # render(try_index=n) draws another seed (the identity check's re-renders)
 
     def __init__(self, *, model_id: str | None = None, weights_dir: str | None = None, dtype: str | None = None,
                  device: str = "auto", steps: int | None = None, guidance: float | None = None,
@@ -157,11 +163,11 @@ class DiffusersKeyframes:
         return character_seed(shot.characters[0], self.character_seeds) if shot.characters else seed
 
     def render(self, shot: Shot, script: Script, out_path: Path, *, width: int, height: int,
-               seed: int) -> BackendResult:
+               seed: int, try_index: int = 0) -> BackendResult:
         check_size(width, height, f"storyboard {self.spec.name}")
         pipe = self.load()
         prompt = keyframe_prompt(shot, script, self.characters, self.style)
-        used_seed = self.shot_seed(shot, seed)
+        used_seed = retry_seed(self.shot_seed(shot, seed), try_index)
         kwargs: dict[str, Any] = dict(prompt=prompt, height=height, width=width, num_inference_steps=self.steps,
                                       guidance_scale=self.guidance, output_type="pil",
                                       generator=hub.generator(used_seed), **self.spec.extra)

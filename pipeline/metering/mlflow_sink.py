@@ -150,14 +150,14 @@ def log_episode(*, tracking_uri: str, job: Any, manifest: dict[str, Any], usage:
                             "cache_corrupt_entries": len(manifest["cache"].get("corrupt_entries") or [])})
         money = stage_money(costs)
         for stage in [s for s in STAGE_ORDER if s in metrics]:
-            _log_stage(mlflow, job, stage, metrics[stage], money.get(stage, {}), parent.info.run_id,
-                       cast=manifest.get("cast") if stage == "cast" else None, out_dir=out_dir)
+            _log_stage(mlflow, job, stage, metrics[stage], money.get(stage, {}), parent.info.run_id, manifest,
+                       out_dir=out_dir)
         _log_artifacts(mlflow, out_dir, usage, costs, checkpoint)
         return parent.info.run_id
 
 
 def _log_stage(mlflow: Any, job: Any, stage: str, metrics: dict[str, float], money: dict[str, str],
-               parent_id: str, cast: dict[str, dict[str, Any]] | None = None, out_dir: Path | None = None) -> None:
+               parent_id: str, manifest: dict[str, Any] | None = None, out_dir: Path | None = None) -> None:
     from pipeline.job_backends import backend_settings
 
     settings = backend_settings(job, stage)
@@ -174,8 +174,13 @@ def _log_stage(mlflow: Any, job: Any, stage: str, metrics: dict[str, float], mon
                                 "episode": job.episode, **money}):
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
+        cast = (manifest or {}).get("cast") if stage == "cast" else None
         if cast:
             _log_cast(mlflow, cast, out_dir)
+        if stage == "storyboard" and manifest is not None:  # quality, not money: from the manifest
+            from pipeline.identity_report import log_storyboard_run
+
+            log_storyboard_run(mlflow, manifest, job.stages.storyboard.identity)
 
 
 def _log_cast(mlflow: Any, cast: dict[str, dict[str, Any]], out_dir: Path | None) -> None:
