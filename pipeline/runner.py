@@ -116,6 +116,15 @@ class Submitter:
             except Exception:  # actor tasks cannot be force-cancelled: close() kills their actors
                 pass
 
+    def cancel(self) -> None:
+        """The driver was told to stop: cancel every execution not finished (their workers die, so their open
+        attempts end at their last heartbeat and are closed by the run's end)."""
+        for ref in self.submitted:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # actor tasks cannot be force-cancelled: close() kills their actors
+                pass
+
     def _pool(self, stage: str, settings: Any) -> list[Any]:
         if stage not in self.workers:
             self.workers[stage] = [
@@ -198,6 +207,9 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
                 "edit", StageCall(None, {"shots": edit_input, "content_id": content_id}))])[0]
     except Exception:  # a stage failed (not Ctrl-C): let siblings under way finish and be metered first
         sub.settle()
+        raise
+    except BaseException:  # stopped (`ray job stop`, SIGTERM, Ctrl-C): no settling, cancel what runs
+        sub.cancel()
         raise
     finally:
         sub.close()
