@@ -114,8 +114,10 @@ def run(job: Path = typer.Argument(..., help="Episode job YAML"),
     except screenplay.ScreenplayError as exc:
         _fail(exc, 2)
     from pipeline import stopping
+    from pipeline.runner import ensure_ray
 
     try:
+        ensure_ray(address)  # first: Ray's own SIGTERM handler (it aborts) is replaced by ours below
         with stopping.stop_on_signals():  # SIGTERM/Ctrl-C: cancel, close and bill open attempts, checkpoint
             manifest = run_job(j, quiet=quiet, address=address, tracking_uri=tracking_uri, ledger_url=ledger)
     except stopping.Stopped as exc:

@@ -30,7 +30,8 @@ def check() -> None:
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """While the block runs (entered in the main thread), SIGTERM and SIGINT set STOP: every episode's wait
+    """Enter it after `ray.init` (Ray's core worker installs a SIGTERM handler that aborts the process). While
+    the block runs (entered in the main thread), SIGTERM and SIGINT set STOP: every episode's wait
     (Progress.wait) raises Stopped within half a second, so each episode cancels its work, closes and bills its
     open attempts and checkpoints the ledger. A second signal gets the default action (the process ends at
     once; its open attempts are then closed by heartbeat age)."""

@@ -147,6 +147,55 @@ def test_killed_driver_resumes_from_cache_and_bills_once(tmp_path, ray_session, 
     assert cli("ledger", "verify", "--ledger", env["ledger_url"]).exit_code == 0
 
 
+def test_stopped_driver_closes_and_bills_its_open_attempts(tmp_path, ray_session, monkeypatch) -> None:
+    """`ray job stop` sends the driver SIGTERM: it stops waiting, cancels its executions, closes every open
+    attempt (billed to its last heartbeat), signs a checkpoint and exits 143, without any later run's help."""
+    from pipeline.metering.ledger import Ledger
+
+    monkeypatch.chdir(tmp_path)
+    path = write_job(tmp_path / "job", shots=3, stages={"video": {"backend": "test-slow",
+                                                                   "options": {"delay_s": 3.0, "stagger": True}}})
+    env = urls(tmp_path)
+    out = load_job(path, places(tmp_path)).out_path
+    child_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    child_env.update(PYTHONPATH=str(ROOT), MICRODRAMA_HEARTBEAT_S="0.5")
+    boot = "import sys, tests.fault_backends; from pipeline.cli import main; sys.argv[0] = 'microdrama'; main()"
+    proc = subprocess.Popen([sys.executable, "-c", boot, "run", str(path), *places(tmp_path), "--quiet",
+                             "--ledger", env["ledger_url"], "--tracking-uri", env["tracking_uri"]], cwd=tmp_path,
+                            env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    cluster: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (tmp_path / "ledger.db").exists() and _started(env["ledger_url"], "video") >= 2:
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        time.sleep(1.2)  # a few heartbeats into the video stage
+        cluster = psutil.Process(proc.pid).children(recursive=True)
+        os.kill(proc.pid, signal.SIGTERM)  # what `ray job stop` does to the entrypoint
+        output = proc.communicate(timeout=120)[0].decode(errors="replace")
+    finally:
+        _reap(proc, cluster)
+    assert proc.returncode == 143, output[-3000:]
+    assert "stopped:" in output and "Traceback" not in output, output[-3000:]
+    assert not out.exists()
+    by_key = check_exactly_once(env["ledger_url"])  # every attempt that started has its one record: none open
+    dead = [u for u in by_key.values() if u["status"] == "failed"]
+    assert dead and all("last heartbeat" in u["meta"]["wall_s_method"] for u in dead)
+    with Ledger.open(env["ledger_url"]) as led:
+        assert led.open_heartbeats() == []
+        assert led.latest_checkpoint().tree_size == led.size()  # the stop was signed, closing records included
+    assert cli("ledger", "verify", "--ledger", env["ledger_url"]).exit_code == 0
+
+
+def _started(url: str, stage: str) -> int:
+    try:
+        return len(ledger_entries(url, "attempt", stage=stage))
+    except Exception:  # the driver is creating the ledger right now
+        return 0
+
+
 def _ok(url: str, stage: str) -> list[dict]:
     try:
         return [e.body for e in ledger_entries(url, "usage", stage=stage) if e.body["status"] == "ok"]
