@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from pipeline import stopping
 from pipeline.errors import UserError
 from pipeline.job import Job
 
@@ -104,8 +105,13 @@ def run_one(path: Path, job: Job, *, tracking_uri: str | None, ledger_url: str) 
 
     item: dict[str, Any] = {"job": str(path), "drama": job.drama, "episode": job.episode}
     started = time.monotonic()
+    if stopping.STOP.is_set():  # `ray job stop` came before this episode's turn: it is not started
+        item.update(status="stopped", error="not started: the batch was told to stop", wall_s=0.0)
+        return item
     try:
         manifest = run_job(job, quiet=True, tracking_uri=tracking_uri, ledger_url=ledger_url)
+    except stopping.Stopped as exc:  # its work cancelled, its open attempts closed and billed, checkpointed
+        item.update(status="stopped", error=f"stopped: {exc.why}; finished stages are cached, run it again")
     except UserError as exc:  # budget stop, bad input found late
         item.update(status="stopped", error=str(exc), exit_code=exc.exit_code)
     except Exception as exc:  # a stage failed after its retries
@@ -131,11 +137,15 @@ def run_batch(paths: list[Path], jobs: list[Job], *, tracking_uri: str | None = 
     url = resolve_ledger_url(ledger_url)
     writer = cluster_writer(url)
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(jobs)))) as pool:
+    closed = close_dead(url, writer)  # attempts a killed driver or lost node left open, from any host
+    with stopping.stop_on_signals(), ThreadPoolExecutor(max_workers=max(1, min(parallel, len(jobs)))) as pool:
         episodes = list(pool.map(lambda pj: run_one(pj[0], pj[1], tracking_uri=tracking_uri, ledger_url=url),
                                  zip(paths, jobs)))
+        stopped = stopping.STOP.is_set()
     return {
         "ok": all(e["status"] == "done" for e in episodes),
+        "stopped": stopped,
+        "closed_dead_attempts": closed,
         "episodes": episodes,
         "ledger": {"url": redact_url(url), "writer": ledger_writer_name(url),
                    "size": ray.get(writer.size.remote())},
@@ -144,6 +154,17 @@ def run_batch(paths: list[Path], jobs: list[Job], *, tracking_uri: str | None = 
                    "resources": n.get("Resources", {})} for n in ray.nodes() if n.get("Alive")],
         "wall_s": round(time.monotonic() - started, 3),
     }
+
+
+def close_dead(url: str, writer: Any) -> int:
+    """Close and bill, once, every attempt of the ledger whose heartbeat stopped (metering/attempts.py)."""
+    import socket
+
+    from pipeline.metering import attempts
+    from pipeline.metering.ledger import Ledger
+
+    with Ledger.open(url) as ledger:
+        return attempts.close_dead(ledger, writer, closer=f"a batch on {socket.gethostname()}")
 
 
 def exit_code(summary: dict[str, Any]) -> int:

@@ -184,12 +184,17 @@ def place(src: str | Path, dst: str | Path) -> str:
     (FICLONE), else an in-kernel copy (copy_file_range), else a plain copy; never a hard link. The copy
     is writable by its owner (the cache's own file stays read-only). Returns how it was placed."""
     src, dst = Path(src), Path(dst)
-    with open(src, "rb") as fi, open(dst, "xb") as fo:
-        try:
-            fcntl.ioctl(fo.fileno(), FICLONE, fi.fileno())
-            how = "reflink"
-        except OSError:
-            how = _copy(fi, fo, os.fstat(fi.fileno()).st_size)
+    try:
+        with open(src, "rb") as fi, open(dst, "xb") as fo:
+            try:
+                fcntl.ioctl(fo.fileno(), FICLONE, fi.fileno())
+                how = "reflink"
+            except OSError:
+                how = _copy(fi, fo, os.fstat(fi.fileno()).st_size)
+    except OSError as exc:
+        if exc.filename is None:  # a failed write (a full disk) names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror, str(dst)) from exc
+        raise
     os.chmod(dst, 0o644)
     return how
 

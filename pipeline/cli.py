@@ -115,8 +115,16 @@ def run(job: Path = typer.Argument(..., help="Episode job YAML"),
         _fail(exc, exc.exit_code)
     except screenplay.ScreenplayError as exc:
         _fail(exc, 2)
+    from pipeline import stopping
+    from pipeline.runner import ensure_ray
+
     try:
-        manifest = run_job(j, quiet=quiet, address=address, tracking_uri=tracking_uri, ledger_url=ledger)
+        ensure_ray(address)  # first: Ray's own SIGTERM handler (it aborts) is replaced by ours below
+        with stopping.stop_on_signals():  # SIGTERM/Ctrl-C: cancel, close and bill open attempts, checkpoint
+            manifest = run_job(j, quiet=quiet, address=address, tracking_uri=tracking_uri, ledger_url=ledger)
+    except stopping.Stopped as exc:
+        _fail(RuntimeError(f"stopped: {exc.why}; open attempts were closed and billed, finished stages are "
+                           "cached: run it again to resume"), stopping.EXIT_STOPPED)
     except UserError as exc:
         _fail(exc, exc.exit_code)
     except Exception as exc:  # a stage failed after its retries: say which, exit 1

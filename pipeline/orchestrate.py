@@ -9,6 +9,7 @@ appends a start entry, so an attempt whose worker is killed is still billed once
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import inspect
@@ -42,7 +43,6 @@ from pipeline.stages.storyboard import StoryboardStage
 from pipeline.stages.translate import TranslateStage
 from pipeline.stages.video import VideoStage
 from pipeline.job_backends import SECTIONS, backend_settings  # noqa: F401  (backend_settings: re-exported)
-from pipeline.metering.sink import append_items as append  # the runner's name for it
 
 # stage name → (stage class, settings section naming its backend and hosting: pipeline/job_backends.py)
 _CLASSES = {"script": ScriptStage, "translate": TranslateStage, "cast": CastStage, "storyboard": StoryboardStage,
@@ -62,6 +62,8 @@ class RunInfo:
     ledger_url: str | None = None  # where a Ray retry looks up the attempts its dead worker started
     backends: dict[str, dict[str, str]] = field(default_factory=dict)  # the driver's registry (plugins)
     driver: dict[str, Any] = field(default_factory=dict)  # host/pid of the driver (orphaned attempts)
+    # every attempt's heartbeat interval, the driver's $MICRODRAMA_HEARTBEAT_S (metering/attempts.py)
+    heartbeat_s: float = field(default_factory=attempt_log.heartbeat_interval)
 
 
 @dataclass
@@ -199,10 +201,10 @@ def execute(info: RunInfo, stage_name: str, call: StageCall, attempt: int = 1,
                   gpus=float(settings.num_gpus) if settings else 0.0,
                   cpus=float(settings.num_cpus) if settings else 1.0,
                   meta={"cache_key": key})  # finance attributes a cache hit to the run that built the entry
-    begin_attempt(info, meter)
+    beating = begin_attempt(info, meter)
     outputs, error, staging, corrupt = None, None, None, None
     try:
-        with meter as m:
+        with beating, meter as m:
             found = cache.lookup(key)
             outputs, corrupt = found.outputs, found.problem
             if corrupt:  # a hit whose files no longer match their digests is a miss: re-rendered, reported
@@ -254,15 +256,18 @@ def describe_error(error: BaseException, where: str | Path) -> str:
     return secrets.redact(text)
 
 
-def begin_attempt(info: RunInfo, meter: Meter) -> None:
-    """Append the attempt's start entry before any work (see pipeline/metering/attempts.py)."""
+def begin_attempt(info: RunInfo, meter: Meter) -> Any:
+    """Append the attempt's start entry and liveness row before any work, and return its heartbeat (a
+    context manager: beats from this worker while the attempt works; see pipeline/metering/attempts.py)."""
     if info.sink is None:
-        return
+        return contextlib.nullcontext()
     ids = meter.ids
     body = attempt_log.start_body(job=ids["job"], drama=ids["drama"], episode=ids["episode"], stage=ids["stage"],
                                   shot=ids["shot"], backend=ids["backend"], attempt=ids["attempt"],
-                                  gpus=meter.gpus, cpus=meter.cpus, driver=info.driver)
-    append(info.sink, [(attempt_log.KIND, body, attempt_log.start_key(body["usage_key"]))])
+                                  gpus=meter.gpus, cpus=meter.cpus, driver=info.driver,
+                                  heartbeat_s=info.heartbeat_s)
+    attempt_log.begin(info.sink, body)
+    return attempt_log.Heartbeat(info.sink, body["usage_key"], info.heartbeat_s)
 
 
 def report_plan_difference(meter: Meter, produced: Any) -> None:

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
+from pipeline import stopping
+
 WAITING, DONE, CACHED, RETRIED = "·", "■", "□", "!"
 
 
@@ -39,7 +41,10 @@ class Progress:
         position = {ref: i for i, ref in enumerate(refs)}
         pending, hits, retried = list(refs), 0, 0
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
+            stopping.check()  # `ray job stop` / SIGTERM: stop waiting, the runner cancels and bills
+            ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+            if not ready:
+                continue
             result = ray.get(ready[0])
             hits += bool(result.get("cache_hit"))
             again = int(result.get("attempts") or 1) > 1

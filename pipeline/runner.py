@@ -118,6 +118,15 @@ class Submitter:
             except Exception:  # actor tasks cannot be force-cancelled: close() kills their actors
                 pass
 
+    def cancel(self) -> None:
+        """The driver was told to stop: cancel every execution not finished (their workers die, so their open
+        attempts end at their last heartbeat and are closed by the run's end)."""
+        for ref in self.submitted:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:  # actor tasks cannot be force-cancelled: close() kills their actors
+                pass
+
     def _pool(self, stage: str, settings: Any) -> list[Any]:
         if stage not in self.workers:
             self.workers[stage] = [
@@ -199,6 +208,9 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
             results["edit"] = progress.wait("edit", [sub.submit("edit", StageCall(None, {"shots": edit_input}))])[0]
     except Exception:  # a stage failed (not Ctrl-C): let siblings under way finish and be metered first
         sub.settle()
+        raise
+    except BaseException:  # stopped (`ray job stop`, SIGTERM, Ctrl-C): no settling, cancel what runs
+        sub.cancel()
         raise
     finally:
         sub.close()

@@ -7,6 +7,7 @@ with the run, see orchestrate.registry_snapshot) import this same file. Markers 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import signal
@@ -32,23 +33,32 @@ def _first_time(marker: str) -> bool:
 
 
 class KillOnceVideo(CameraMoveVideo):
-    """Camera-move video whose first call SIGKILLs its own worker process mid-stage."""
+    """Camera-move video whose `kill_at`-th call (1: the first) works `work_s` seconds, then SIGKILLs its own
+    worker process mid-stage; the marker file then holds {"pid", "killed_at"} (epoch seconds). Other calls
+    take `delay_s` longer, so that a later call waits in Ray's queue behind them."""
 
     class Options(CameraMoveOptions):
         marker: opt.FilePath
+        work_s: float = opt.Field(0.0, ge=0, le=600)
+        kill_at: int = opt.Field(1, ge=1, le=1000)
+        delay_s: float = opt.Field(0.0, ge=0, le=600)
 
     resident = False
 
-    def __init__(self, *, marker: str, **options: Any) -> None:
+    def __init__(self, *, marker: str, work_s: float = 0.0, kill_at: int = 1, delay_s: float = 0.0,
+                 **options: Any) -> None:
         super().__init__(**options)
-        self.marker = marker
+        self.marker, self.work_s, self.kill_at, self.delay_s = marker, float(work_s), int(kill_at), float(delay_s)
 
     def render(self, shot, keyframe, out_path, **kwargs) -> BackendResult:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         Path(out_path).write_bytes(b"half a clip")  # half-written output the retry must not trust
-        if _first_time(self.marker):
-            Path(self.marker).write_text(str(os.getpid()))
+        call = next(i for i in range(1, 1000) if _first_time(f"{self.marker}.call-{i}"))
+        if call == self.kill_at and _first_time(self.marker):
+            time.sleep(self.work_s)  # real work the killed attempt did (and must be billed for)
+            Path(self.marker).write_text(json.dumps({"pid": os.getpid(), "killed_at": time.time()}))
             os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(self.delay_s)
         return super().render(shot, keyframe, out_path, **kwargs)
 
 

@@ -8,7 +8,6 @@ key — an execution with a new key is assumed to make new bytes, so its dependa
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest

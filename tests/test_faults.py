@@ -33,31 +33,57 @@ def stage_usage(url: str, stage: str) -> list[dict]:
 
 # ---------------------------------------------------------------- 1. a worker killed mid-stage
 
+HEARTBEAT_S = 0.5  # the tests' heartbeat interval (production: 2 s)
+
+
 @pytest.mark.parametrize("backend", ["test-kill-once", "test-kill-once-resident"])
-def test_killed_worker_is_retried_and_every_attempt_is_metered(tmp_path, ray_session, backend, monkeypatch) -> None:
-    """The video worker SIGKILLs itself on its first attempt; Ray re-runs the task (or restarts the actor)."""
+def test_killed_worker_is_retried_and_billed_to_its_last_heartbeat(tmp_path, ray_session, backend,
+                                                                  monkeypatch) -> None:
+    """Two shots; the second video to start waited in Ray's queue behind the first, works 2.5 s, then SIGKILLs
+    its worker (a killed actor, for the resident backend). Ray re-runs the task (restarts the actor); the
+    episode finishes. The killed attempt is billed once, from its start on the worker to its last heartbeat:
+    within one heartbeat interval of the work it did, none of the time it queued, no detection delay."""
+    import datetime as dt
+
     from pipeline.episode import run_job
+    from pipeline.metering.ledger import Ledger
 
     monkeypatch.chdir(tmp_path)  # MLflow's default artifact folder (./mlruns)
-
-    marker = tmp_path / "killed.pid"
-    job = load_job(write_job(tmp_path / "job", stages={"video": {"backend": backend,
-                                                               "options": {"marker": str(marker)}}}),
-                   places(tmp_path))
+    monkeypatch.setenv("MICRODRAMA_HEARTBEAT_S", str(HEARTBEAT_S))
+    marker = tmp_path / "killed.json"
+    video = {"backend": backend, "options": {"marker": str(marker), "work_s": 2.5, "kill_at": 2, "delay_s": 1.0}}
+    if backend == "test-kill-once":
+        video["num_cpus"] = 2  # the two video tasks run one after the other: the second queues
+    job = load_job(write_job(tmp_path / "job", shots=2, stages={"video": video}), places(tmp_path))
     env = urls(tmp_path)
     manifest = run_job(job, quiet=True, **env)
 
-    assert (job.out_path / "episode.mp4").is_file() and marker.is_file()
-    killed_pid = int(marker.read_text())
-    video = stage_usage(env["ledger_url"], "video")
-    assert [(u["attempt"], u["status"]) for u in video] == [(1, "failed"), (2, "ok")]
-    dead = video[0]
-    assert dead["error"].startswith("WorkerDied:") and dead["meta"]["pid"] == str(killed_pid)
-    assert dead["wall_s"] > 0 and dead["cpu_s"] == 0.0 and "upper bound" in dead["meta"]["wall_s_method"]
-    starts = {e.body["attempt"]: e.body for e in ledger_entries(env["ledger_url"], "attempt", stage="video")}
-    assert starts[1]["pid"] == killed_pid and starts[2]["ray_attempt"] == 1  # Ray's retry, a new worker
+    assert (job.out_path / "episode.mp4").is_file() and len(manifest["shots"]) == 2
+    killed = json.loads(marker.read_text())
+    usage = stage_usage(env["ledger_url"], "video")
+    [dead] = [u for u in usage if u["status"] == "failed"]
+    assert sorted((u["shot"], u["attempt"], u["status"]) for u in usage if u["shot"] == dead["shot"]) == [
+        (dead["shot"], 1, "failed"), (dead["shot"], 2, "ok")]
+    assert dead["error"].startswith("WorkerDied:") and dead["meta"]["pid"] == str(killed["pid"])
+    assert dead["cpu_s"] == 0.0 and "last heartbeat" in dead["meta"]["wall_s_method"]
+    starts = {(e.body["shot"], e.body["attempt"]): e.body
+              for e in ledger_entries(env["ledger_url"], "attempt", stage="video")}
+    start = starts[(dead["shot"], 1)]
+    assert start["pid"] == killed["pid"] and starts[(dead["shot"], 2)]["ray_attempt"] == 1  # Ray's retry
+    began = dt.datetime.fromisoformat(start["started"]).timestamp()
+    real = killed["killed_at"] - began  # the work the killed attempt did, on its worker's clock
+    assert real >= 2.5
+    assert real - HEARTBEAT_S - 0.25 <= dead["wall_s"] <= real + 1e-3, (dead["wall_s"], real)
+    # it queued behind the other shot's video: that wait is not billed
+    other = [u for u in usage if u["shot"] != dead["shot"]][0]
+    assert began >= dt.datetime.fromisoformat(other["ended"]).timestamp() - 1e-3
+    submitted = dt.datetime.fromisoformat(stage_usage(env["ledger_url"], "translate")[0]["ended"]).timestamp()
+    assert began - submitted > 1.0 and dead["wall_s"] < killed["killed_at"] - submitted - 1.0
+    with Ledger.open(env["ledger_url"]) as led:
+        beat = led.heartbeat_of(dead["idempotency_key"])
+        assert beat.beats >= 3 and beat.interval_s == HEARTBEAT_S and led.open_heartbeats() == []
     by_key = check_exactly_once(env["ledger_url"])
-    assert len(by_key) == manifest["cost"]["usage_records"] == 7  # 6 stages + the killed attempt
+    assert len(by_key) == manifest["cost"]["usage_records"] == 10  # 9 executions + the killed attempt
     billed = {e.body["usage_key"] for e in ledger_entries(env["ledger_url"], "cost")}
     assert dead["idempotency_key"] in billed  # the killed attempt is billed, once
     assert manifest["attempts"]["retried"] == 1
@@ -119,6 +145,55 @@ def test_killed_driver_resumes_from_cache_and_bills_once(tmp_path, ray_session, 
     again = [u for u in by_key.values() if u["job"] == first_run and u["status"] == "ok"]
     assert {(u["stage"], u["shot"]) for u in again} == finished
     assert cli("ledger", "verify", "--ledger", env["ledger_url"]).exit_code == 0
+
+
+def test_stopped_driver_closes_and_bills_its_open_attempts(tmp_path, ray_session, monkeypatch) -> None:
+    """`ray job stop` sends the driver SIGTERM: it stops waiting, cancels its executions, closes every open
+    attempt (billed to its last heartbeat), signs a checkpoint and exits 143, without any later run's help."""
+    from pipeline.metering.ledger import Ledger
+
+    monkeypatch.chdir(tmp_path)
+    path = write_job(tmp_path / "job", shots=3, stages={"video": {"backend": "test-slow",
+                                                                   "options": {"delay_s": 3.0, "stagger": True}}})
+    env = urls(tmp_path)
+    out = load_job(path, places(tmp_path)).out_path
+    child_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    child_env.update(PYTHONPATH=str(ROOT), MICRODRAMA_HEARTBEAT_S="0.5")
+    boot = "import sys, tests.fault_backends; from pipeline.cli import main; sys.argv[0] = 'microdrama'; main()"
+    proc = subprocess.Popen([sys.executable, "-c", boot, "run", str(path), *places(tmp_path), "--quiet",
+                             "--ledger", env["ledger_url"], "--tracking-uri", env["tracking_uri"]], cwd=tmp_path,
+                            env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    cluster: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (tmp_path / "ledger.db").exists() and _started(env["ledger_url"], "video") >= 2:
+                break
+            time.sleep(0.3)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        time.sleep(1.2)  # a few heartbeats into the video stage
+        cluster = psutil.Process(proc.pid).children(recursive=True)
+        os.kill(proc.pid, signal.SIGTERM)  # what `ray job stop` does to the entrypoint
+        output = proc.communicate(timeout=120)[0].decode(errors="replace")
+    finally:
+        _reap(proc, cluster)
+    assert proc.returncode == 143, output[-3000:]
+    assert "stopped:" in output and "Traceback" not in output, output[-3000:]
+    assert not out.exists()
+    by_key = check_exactly_once(env["ledger_url"])  # every attempt that started has its one record: none open
+    dead = [u for u in by_key.values() if u["status"] == "failed"]
+    assert dead and all("last heartbeat" in u["meta"]["wall_s_method"] for u in dead)
+    with Ledger.open(env["ledger_url"]) as led:
+        assert led.open_heartbeats() == []
+        assert led.latest_checkpoint().tree_size == led.size()  # the stop was signed, closing records included
+    assert cli("ledger", "verify", "--ledger", env["ledger_url"]).exit_code == 0
+
+
+def _started(url: str, stage: str) -> int:
+    try:
+        return len(ledger_entries(url, "attempt", stage=stage))
+    except Exception:  # the driver is creating the ledger right now
+        return 0
 
 
 def _ok(url: str, stage: str) -> list[dict]:

@@ -158,6 +158,8 @@ def test_secrets_and_volumes_reach_every_ray_pod(cluster) -> None:
         assert volumes[mounts["/data"]["name"]]["persistentVolumeClaim"]["claimName"] == "microdrama-data"
         assert mounts["/dev/shm"]  # Ray's object store needs more than the default 64 MiB
         assert env["MICRODRAMA_MLFLOW_QUEUE"]["value"].startswith("/data/")
+        pinned = env["MICRODRAMA_LEDGER_PUBKEY"]["valueFrom"]["configMapKeyRef"]  # verification on every pod
+        assert pinned == {"name": "microdrama-ledger-trust", "key": "MICRODRAMA_LEDGER_PUBKEY"}, name
 
 
 def test_pods_run_as_the_images_non_root_user(cluster) -> None:

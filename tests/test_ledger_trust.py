@@ -423,8 +423,21 @@ def test_postgres_writer_can_only_insert_and_select(postgres, tmp_path):  # noqa
     with Ledger.open(writer) as led:  # the pipeline as the writer: append, checkpoint, verify
         fill(led, 5, checkpoints_at=(5,))
         assert led.verify().ok and led.size() == 5
+        from pipeline.metering import attempts  # an attempt's heartbeats: INSERT + UPDATE in place, no entry
+
+        start = attempts.start_body(job="r", drama="d", episode="e", stage="video", shot="s1", backend="b",
+                                    attempt=1, gpus=0, cpus=1, driver={}, heartbeat_s=2.0)
+        attempts.begin(led, start)
+        import datetime as dt
+
+        later = (dt.datetime.fromisoformat(start["started"]) + dt.timedelta(seconds=5)).isoformat(
+            timespec="microseconds")
+        assert led.heartbeat(start["usage_key"], later) and led.size() == 6
+        assert attempts.close_run(led, led, "r", why="test") == 1 and led.open_heartbeats() == []
+        assert led.verify().ok
     with psycopg.connect(writer, autocommit=True) as conn:
         for stmt in ("DELETE FROM ledger_entries WHERE idx = 2", "UPDATE ledger_entries SET kind = 'x'",
+                     "DELETE FROM attempt_heartbeats", "TRUNCATE attempt_heartbeats",
                      "TRUNCATE ledger_checkpoints", "ALTER TABLE ledger_entries DISABLE TRIGGER USER",
                      "DROP TRIGGER ledger_entries_append_only ON ledger_entries",
                      "CREATE TABLE sneaky (x int)"):

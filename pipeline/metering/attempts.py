@@ -1,25 +1,34 @@
-"""Attempts that die with their process are metered too: a start entry before the work, a usage record after.
+"""Attempts that die with their process are metered too: a start entry before the work, heartbeats during it,
+a usage record after.
 
 A killed worker cannot write its own usage record. So every stage attempt first appends an `attempt`
-entry (idempotency key `<usage key>/start`: who, where, when it started) and only then works. An
-attempt entry without a usage record under its usage key is an attempt whose process died; it is
-closed by whoever notices first, with a failed usage record billed from the start entry:
+entry (idempotency key `<usage key>/start`: who, where, when it started on its worker) together with its
+liveness row in `attempt_heartbeats`, and only then works. While it works, a thread of the worker sends a
+heartbeat every `heartbeat_s` seconds (default 2, $MICRODRAMA_HEARTBEAT_S), moving that row forward in place:
+heartbeats are liveness, not evidence, so they stay out of the Merkle log. An attempt without a usage record
+under its usage key is running, or dead; a dead one is closed with a failed usage record billed from its start
+on the worker to its LAST HEARTBEAT — never the time it queued before, never the time it took to notice its
+death; at most one heartbeat interval short of the work it really did. Who closes it, whoever is first:
 
 - the Ray retry of the same task (Ray re-runs a task whose worker died): at its start it closes the
   dead attempts of its stage and shot, then numbers its own attempts after them;
-- the driver at the end of a run (retries exhausted, actor killed, run failed or interrupted);
-- the next run of the same episode, for attempts of an earlier run whose driver process is gone.
+- the driver at the end of a run (retries exhausted, actor killed, run failed, stopped or interrupted);
+- any later run, batch or `microdrama ledger close-dead`, on any host: the ledger knows which attempts are
+  open, and one whose last heartbeat is older than `dead_after` intervals (default 12,
+  $MICRODRAMA_HEARTBEAT_DEAD_AFTER) is dead (its worker, its driver or its node is gone). On the driver's own
+  host a driver process that is provably gone makes its attempts dead at once.
 
-The closing record is appended under the attempt's own usage key, so if the attempt did manage to
-write its record (it died after the append) the ledger keeps that one and the closing record is a no-op:
-exactly one usage record per attempt that started, never two.
+The closing record is appended under the attempt's own usage key and only if that key is still absent (one
+transaction), so if the attempt did manage to write its record the ledger keeps that one, and two closers
+racing on different hosts bill it once: exactly one usage record per attempt that started, never two.
 """
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import socket
-from collections import defaultdict
+import threading
 from typing import Any
 
 from pipeline.metering.meter import idempotency_key
@@ -27,6 +36,32 @@ from pipeline.metering.usage import AIUsage, UsageRecord
 
 KIND = "attempt"
 _HOST = socket.gethostname()
+HEARTBEAT_S = 2.0  # seconds between heartbeats of a running attempt
+DEAD_AFTER = 12  # heartbeat intervals of silence after which an open attempt is dead
+log = logging.getLogger(__name__)
+
+
+def heartbeat_interval() -> float:
+    """$MICRODRAMA_HEARTBEAT_S (0.05..60 s), else HEARTBEAT_S: the driver's choice, carried to every attempt."""
+    return _env_float("MICRODRAMA_HEARTBEAT_S", HEARTBEAT_S, 0.05, 60.0)
+
+
+def dead_after() -> float:
+    """$MICRODRAMA_HEARTBEAT_DEAD_AFTER (2..1000 intervals), else DEAD_AFTER."""
+    return _env_float("MICRODRAMA_HEARTBEAT_DEAD_AFTER", float(DEAD_AFTER), 2.0, 1000.0)
+
+
+def _env_float(name: str, default: float, lo: float, hi: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"${name}={raw!r}: not a number; unset it or give e.g. {default:g}") from None
+    if not lo <= value <= hi:
+        raise ValueError(f"${name}={raw!r}: must be between {lo:g} and {hi:g}")
+    return value
 
 
 def _now() -> dt.datetime:
@@ -89,23 +124,90 @@ def _assigned() -> tuple[float, float] | None:
     return float(res.get("GPU", 0.0)), float(res.get("CPU", 0.0))
 
 
+def _gpu_model(gpus: float) -> str | None:
+    """The NVML name of the first GPU this attempt was given (what the meter would record), or None."""
+    if gpus <= 0:
+        return None
+    from pipeline.metering import meter
+
+    alloc = meter._ray_allocation()
+    devices = alloc["devices"] if alloc and alloc.get("devices") else meter._visible_devices(gpus)
+    try:
+        return meter._Energy(devices).model
+    except Exception:  # noqa: BLE001 - no NVML here: the closing record says the model is unknown
+        return None
+
+
 def start_body(*, job: str, drama: str, episode: str, stage: str, shot: str | None, backend: str,
-               attempt: int, gpus: float, cpus: float, driver: dict[str, Any]) -> dict[str, Any]:
-    """The `attempt` entry of one stage attempt, appended before any work."""
+               attempt: int, gpus: float, cpus: float, driver: dict[str, Any],
+               heartbeat_s: float | None = None) -> dict[str, Any]:
+    """The `attempt` entry of one stage attempt, appended on its worker before any work: `started` is when
+    the worker took it up (not when the driver queued it)."""
     number, ids = ray_attempt()
     assigned = _assigned()
     if assigned is not None:  # what Ray gave the task or actor, as the meter records it
         gpus, cpus = assigned
-    return {"job": job, "drama": drama, "episode": episode, "stage": stage, "shot": shot, "backend": backend,
+    body = {"job": job, "drama": drama, "episode": episode, "stage": stage, "shot": shot, "backend": backend,
             "attempt": attempt, "usage_key": idempotency_key(job, stage, shot, attempt),
             "started": _now().isoformat(timespec="microseconds"), "node": _HOST, "pid": os.getpid(),
-            "ray_attempt": number, **ids, "gpus": gpus, "cpus": cpus, "driver": driver}
+            "ray_attempt": number, **ids, "gpus": gpus, "cpus": cpus, "driver": driver,
+            "heartbeat_s": float(heartbeat_s if heartbeat_s is not None else heartbeat_interval())}
+    model = _gpu_model(float(gpus or 0.0))
+    if model:
+        body["gpu_model"] = model
+    return body
+
+
+def begin(sink: Any, body: dict[str, Any]) -> None:
+    """Append the start entry and its liveness row in one transaction (before any work)."""
+    from pipeline.metering.sink import append_items
+
+    append_items(sink, [(KIND, body, start_key(body["usage_key"]))],
+                 heartbeats=[(body["usage_key"], body["started"], body["heartbeat_s"])])
+
+
+class Heartbeat:
+    """A daemon thread that tells the ledger writer, every `interval_s`, that this attempt is still at work
+    (the worker's clock). Dies with the worker: that silence is what marks the attempt dead."""
+
+    def __init__(self, sink: Any, usage_key: str, interval_s: float) -> None:
+        self.sink, self.usage_key, self.interval_s = sink, usage_key, float(interval_s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat {usage_key}", daemon=True)
+        self.sent = 0
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=max(1.0, 2 * self.interval_s))
+
+    def _run(self) -> None:
+        """Beats on a fixed cadence (start + k × interval), each stamped when sent: the last beat that reached
+        the writer is at most one interval (plus the send) before the worker died."""
+        import time
+
+        from pipeline.metering.sink import heartbeat
+
+        t0 = time.monotonic()
+        k = 1
+        while not self._stop.wait(max(0.0, t0 + k * self.interval_s - time.monotonic())):
+            k = max(k + 1, int((time.monotonic() - t0) / self.interval_s) + 1)  # a late wake skips ticks
+            try:
+                heartbeat(self.sink, self.usage_key, _now().isoformat(timespec="microseconds"),
+                          timeout_s=max(5.0, 4 * self.interval_s))
+                self.sent += 1
+            except Exception as e:  # noqa: BLE001 - a writer restarting: the next beat carries a later time
+                log.debug("heartbeat of %s not delivered: %s", self.usage_key, e)
 
 
 def closing_record(start: dict[str, Any], *, why: str, ended: dt.datetime, method: str,
                    ai_usage: list[dict[str, Any]] | tuple = ()) -> UsageRecord:
-    """The failed usage record of an attempt whose process died: wall time from its start to `ended`, and
-    the provider usage of the tasks it saw end (metering/tasks.py), which no other record bills."""
+    """The failed usage record of an attempt whose process died: wall time from its start to `ended` (its
+    last heartbeat), and the provider usage of the tasks it saw end (metering/tasks.py), which no other
+    record bills."""
     started = dt.datetime.fromisoformat(start["started"])
     wall = max(0.0, (ended - started).total_seconds())
     gpus, cpus = float(start.get("gpus") or 0.0), float(start.get("cpus") or 0.0)
@@ -113,8 +215,8 @@ def closing_record(start: dict[str, Any], *, why: str, ended: dt.datetime, metho
         job=start["job"], drama=start["drama"], episode=start["episode"], stage=start["stage"],
         shot=start.get("shot"), backend=start["backend"], attempt=int(start["attempt"]), status="failed",
         error=f"WorkerDied: {why}", node=start.get("node", ""), gpus=gpus, cpus=cpus, started=start["started"],
-        ended=ended.isoformat(timespec="microseconds"), wall_s=round(wall, 6), cpu_s=0.0,
-        gpu_s=round(gpus * wall, 6), gpu_energy_j=None,
+        ended=max(ended, started).isoformat(timespec="microseconds"), wall_s=round(wall, 6), cpu_s=0.0,
+        gpu_s=round(gpus * wall, 6), gpu_model=start.get("gpu_model"), gpu_energy_j=None,
         gpu_energy_reason="the attempt's process died before the energy counter could be read" if gpus else
         "no GPU allocated to this stage", peak_rss=0, cache_hit=False, idempotency_key=start["usage_key"],
         ai_usage=tuple(AIUsage(**u) for u in ai_usage),
@@ -132,19 +234,38 @@ def open_attempts(ledger: Any, where: dict[str, Any]) -> list[dict[str, Any]]:
     return [s for s in starts if s["usage_key"] not in done]
 
 
+def last_alive(ledger: Any, start: dict[str, Any], detected: dt.datetime) -> tuple[dt.datetime, str]:
+    """(when the attempt was last known at work, how that was measured): its last heartbeat; for an attempt
+    started without a liveness row (a ledger written before heartbeats), when its death was detected."""
+    beat = ledger.heartbeat_of(start["usage_key"]) if hasattr(ledger, "heartbeat_of") else None
+    if beat is None:
+        return detected, "from the attempt's start entry to when its death was detected (an upper bound)"
+    began = dt.datetime.fromisoformat(start["started"])
+    last = max(began, dt.datetime.fromisoformat(beat.beat))
+    return last, (f"from the attempt's start on its worker to its last heartbeat ({beat.beats} heartbeat(s), "
+                  f"every {beat.interval_s:g} s): at most one interval short of the work it did; "
+                  "no queue time, no detection delay")
+
+
 def close(sink: Any, starts: list[dict[str, Any]], *, why: str, ended: dt.datetime | None = None,
-          method: str = "from the attempt's start entry to when its death was detected (an upper bound)",
           ledger: Any = None) -> int:
-    """Append the closing record (+ cost lines) of each dead attempt; returns how many were closed. With
-    the `ledger`, provider tasks the attempt saw end are billed on its closing record."""
+    """Append the closing record (+ cost lines) of each dead attempt, billed to its last heartbeat (with the
+    `ledger`), and only if no record of it is stored yet; returns how many this call closed. With the
+    `ledger`, provider tasks the attempt saw end are billed on its closing record."""
     from pipeline.metering.sink import emit_record
     from pipeline.metering.tasks import billed_by
 
-    when = ended or _now()
+    detected = ended or _now()
+    closed = 0
     for start in starts:
+        if ledger is not None:
+            when, method = last_alive(ledger, start, detected)
+        else:
+            when, method = detected, "from the attempt's start entry to when its death was detected (an upper bound)"
         billed = billed_by(ledger, start["usage_key"]) if ledger is not None else []
-        emit_record(sink, None, closing_record(start, why=why, ended=when, method=method, ai_usage=billed))
-    return len(starts)
+        record = closing_record(start, why=why, ended=when, method=method, ai_usage=billed)
+        closed += bool(emit_record(sink, None, record, unless_present=start["usage_key"]))
+    return closed
 
 
 def close_before_retry(ledger: Any, sink: Any, *, job: str, stage: str, shot: str | None) -> int:
@@ -159,40 +280,48 @@ def close_before_retry(ledger: Any, sink: Any, *, job: str, stage: str, shot: st
 
 
 def close_run(ledger: Any, sink: Any, run_id: str, *, why: str) -> int:
-    """At the end of a run: close its attempts still without a record. An attempt followed by a later
-    attempt of the same stage and shot is billed up to that one's start (tighter), others up to now."""
-    starts = [e.body for e in ledger.entries(kind=KIND, where={"job": run_id})]
-    dead = open_attempts(ledger, {"job": run_id})
-    later: dict[tuple, list[dt.datetime]] = defaultdict(list)
-    for s in starts:
-        later[(s["stage"], s.get("shot"))].append(dt.datetime.fromisoformat(s["started"]))
-    closed = 0
-    for s in dead:
-        began = dt.datetime.fromisoformat(s["started"])
-        nxt = [t for t in later[(s["stage"], s.get("shot"))] if t > began]
-        if nxt:
-            closed += close(sink, [s], why=why, ended=min(nxt), ledger=ledger,
-                            method="from the attempt's start entry to the start of the next attempt")
+    """At the end of a run (its executions finished, cancelled or killed): close its attempts still without a
+    record, each billed to its last heartbeat."""
+    return close(sink, open_attempts(ledger, {"job": run_id}), why=why, ledger=ledger)
+
+
+def dead_attempts(ledger: Any, *, now: dt.datetime | None = None, after: float | None = None,
+                  skip_run: str | None = None) -> list[tuple[dict[str, Any], str]]:
+    """(start body, why) of every open attempt in the ledger that is dead: silent for more than `after`
+    heartbeat intervals, or started by a driver on this host whose process is gone. Any host can tell."""
+    now = now or _now()
+    after = dead_after() if after is None else after
+    out = []
+    for beat in ledger.open_heartbeats():
+        entry = ledger.find(start_key(beat.usage_key))
+        if entry is None:
+            continue
+        start = entry.body
+        if start.get("job") == skip_run:
+            continue
+        silent = (now - dt.datetime.fromisoformat(beat.beat)).total_seconds()
+        if silent > after * beat.interval_s:
+            why = (f"no heartbeat for {silent:.1f} s (> {after:g} × {beat.interval_s:g} s): its worker, node or "
+                   f"driver is gone (run {start['job']})")
+        elif driver_alive(start.get("driver") or {}) is False:
+            why = f"the driver of run {start['job']} died"
         else:
-            closed += close(sink, [s], why=why, ledger=ledger)
+            continue
+        out.append((start, why))
+    return out
+
+
+def close_dead(ledger: Any, sink: Any, *, closer: str, after: float | None = None,
+               skip_run: str | None = None, now: dt.datetime | None = None) -> int:
+    """Close every dead attempt in the ledger (see dead_attempts), each billed once to its last heartbeat;
+    returns how many this call closed (a concurrent closer elsewhere may have closed some first)."""
+    closed = 0
+    for start, why in dead_attempts(ledger, now=now, after=after, skip_run=skip_run):
+        closed += close(sink, [start], why=f"{why}; closed by {closer}", ledger=ledger)
     return closed
 
 
 def close_orphans(ledger: Any, sink: Any, *, drama: str, episode: str, current_run: str) -> int:
-    """Before a run: close attempts of earlier runs of this episode whose driver process is gone (killed
-    driver). Billed from the start entry to that run's last ledger entry (its last sign of life: a lower
-    bound). Attempts of drivers on other hosts, or still alive, are left alone."""
-    dead = [s for s in open_attempts(ledger, {"drama": drama, "episode": episode})
-            if s["job"] != current_run and driver_alive(s.get("driver") or {}) is False]
-    if not dead:
-        return 0
-    last_seen: dict[str, dt.datetime] = {}
-    for run in {s["job"] for s in dead}:
-        times = [dt.datetime.fromisoformat(e.appended_at.replace("Z", "+00:00"))
-                 for e in ledger.entries(where={"job": run})]
-        last_seen[run] = max(times)
-    for s in dead:
-        close(sink, [s], why=f"the driver of run {s['job']} died (closed by run {current_run})",
-              ended=max(last_seen[s["job"]], dt.datetime.fromisoformat(s["started"])), ledger=ledger,
-              method="from the attempt's start entry to its run's last ledger entry (a lower bound)")
-    return len(dead)
+    """Before a run: close the ledger's dead attempts (any episode, any host; see close_dead)."""
+    return close_dead(ledger, sink, closer=f"run {current_run} of {drama}/{episode} on {_HOST}",
+                      skip_run=current_run)

@@ -25,7 +25,7 @@ from pipeline.metering.ledger_sign import (
     vkey,
 )
 from pipeline.metering.ledger_trust import LogVerifier, Trust, load_trust, log_verifier, pin_log_key
-from pipeline.metering.ledger_store import Row, Store, Tx, open_store
+from pipeline.metering.ledger_store import Heartbeat, Row, Store, Tx, open_store
 from pipeline.metering.ledger_verify import GENESIS_PREV, VerifyReport, verify_ledger
 from pipeline.metering.merkle import MerkleTree
 
@@ -179,11 +179,20 @@ class Ledger:
         """Append one entry, or return the entry already stored under `idempotency_key` (exactly once)."""
         return self.append_many([(kind, body, idempotency_key)])[0]
 
-    def append_many(self, items: Sequence[tuple[str, Mapping[str, Any], str]]) -> list[Entry]:
-        """Append several entries in one transaction: all of them are stored, or none."""
+    def append_many(self, items: Sequence[tuple[str, Mapping[str, Any], str]], *,
+                    heartbeats: Sequence[tuple[str, str, float]] = (),
+                    unless_present: str | None = None) -> list[Entry]:
+        """Append several entries in one transaction: all of them are stored, or none. `heartbeats`
+        ((usage key, started, interval s) of attempts these entries start) get their liveness rows in the same
+        transaction. With `unless_present`, nothing is appended when an entry with that key is already stored
+        (returns []): two hosts closing the same dead attempt at once bill it once, with one closer's lines."""
         for kind, body, key in items:
             _check_item(kind, body, key)
         with self._lock, self._store.writing() as tx:
+            if unless_present is not None and tx.by_key(unless_present) is not None:
+                return []
+            for usage_key, started, interval_s in heartbeats:
+                tx.insert_heartbeat(usage_key, started, interval_s)
             last = tx.last()
             next_idx, prev = (last[0] + 1, last[1]) if last else (0, GENESIS_PREV)
             done: dict[str, Entry] = {}
@@ -206,6 +215,22 @@ class Ledger:
         row = Row(idx, kind, key, canonical, merkle.leaf_hash(canonical).hex(), at)
         tx.insert(row)
         return Entry(idx, kind, key, canonical, row.leaf_hash, at, prev)
+
+    # -- attempt heartbeats (outside the Merkle log: liveness, updated in place) ---------------------------
+    def heartbeat(self, usage_key: str, at: str) -> bool:
+        """Record that the attempt under `usage_key` was alive at `at` (its worker's clock, ISO-8601 UTC);
+        only ever moves its last heartbeat forward. False when no attempt of that key was started."""
+        with self._lock, self._store.touching() as tx:
+            return tx.beat(usage_key, at)
+
+    def heartbeat_of(self, usage_key: str) -> Heartbeat | None:
+        with self._reading() as tx:
+            return tx.heartbeat(usage_key)
+
+    def open_heartbeats(self) -> list[Heartbeat]:
+        """Liveness rows of attempts that have no usage record yet: running, or dead and not yet closed."""
+        with self._reading() as tx:
+            return tx.open_heartbeats()
 
     # -- reading -----------------------------------------------------------------------------------------
     def size(self) -> int:

@@ -32,8 +32,14 @@ class LedgerWriter:
     def append(self, kind: str, body: Mapping[str, Any], idempotency_key: str) -> Entry:
         return self._ledger.append(kind, body, idempotency_key)
 
-    def append_many(self, items: Sequence[tuple[str, Mapping[str, Any], str]]) -> list[Entry]:
-        return self._ledger.append_many(items)
+    def append_many(self, items: Sequence[tuple[str, Mapping[str, Any], str]], *,
+                    heartbeats: Sequence[tuple[str, str, float]] = (),
+                    unless_present: str | None = None) -> list[Entry]:
+        return self._ledger.append_many(items, heartbeats=heartbeats, unless_present=unless_present)
+
+    def heartbeat(self, usage_key: str, at: str) -> bool:
+        """A running attempt's heartbeat (its worker's clock): moves its liveness row forward, no log entry."""
+        return self._ledger.heartbeat(usage_key, at)
 
     def checkpoint(self) -> Checkpoint:
         return self._ledger.checkpoint()

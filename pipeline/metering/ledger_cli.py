@@ -191,6 +191,43 @@ def show(ledger: str | None = LedgerOpt,
 
 
 
+@app.command("close-dead")
+def close_dead(ledger: str | None = LedgerOpt,
+               after: float | None = typer.Option(None, "--after", min=2, max=1000,
+                                                  help="Heartbeat intervals of silence after which an open attempt "
+                                                       "is dead (default $MICRODRAMA_HEARTBEAT_DEAD_AFTER or 12)"),
+               dry_run: bool = typer.Option(False, "--dry-run", help="List the dead attempts, append nothing"),
+               sign: bool = typer.Option(False, "--checkpoint", help="Sign a checkpoint after closing (needs the "
+                                         "ledger's signing key on this host)"),
+               key_file: Path | None = KeyOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Close and bill, once, the attempts left open by a killed driver, worker or node (from any host): each
+    open attempt whose last heartbeat is older than --after intervals gets a failed usage record billed from
+    its start on the worker to its last heartbeat. Safe to run while runs go on and from several hosts."""
+    import socket
+
+    from pipeline.metering import attempts
+
+    with _session(ledger, key_file) as led:
+        try:
+            dead = attempts.dead_attempts(led, after=after)
+        except ValueError as e:  # a bad $MICRODRAMA_HEARTBEAT_DEAD_AFTER
+            raise typer.BadParameter(str(e), param_hint="--after") from None
+        closed = 0
+        if not dry_run:
+            closed = attempts.close_dead(led, led, closer=f"`microdrama ledger close-dead` on {socket.gethostname()}",
+                                         after=after)
+        cp = led.checkpoint() if sign and closed else None
+        records = [led.find(s["usage_key"]) for s, _ in dead] if not dry_run else []
+    data = {"dead": [{"usage_key": s["usage_key"], "job": s["job"], "stage": s["stage"], "shot": s.get("shot"),
+                      "why": why} for s, why in dead],
+            "closed": closed, "billed_wall_s": {e.idempotency_key: e.body["wall_s"] for e in records if e},
+            "checkpoint": cp.note if cp else None}
+    lines = [f"{s['usage_key']}: {why}" for s, why in dead]
+    lines.append(f"{len(dead)} dead attempt(s); " + ("dry run, nothing appended" if dry_run else
+                                                      f"{closed} closed and billed here"))
+    _emit(data, as_json, lines)
+
+
 def _when(text: str, option: str) -> Any:
     import datetime as dt
 

@@ -54,13 +54,14 @@ def setup_roles(admin_url: str, owner: str, writer: str, writer_password: str | 
             run(stmt.strip().rstrip(";"))
         run("INSERT INTO ledger_meta (name, value) VALUES (%s, %s) ON CONFLICT DO NOTHING", None,
             ("ledger_id", str(uuid.uuid4())))
-        run("REVOKE ALL ON ledger_entries, ledger_checkpoints, ledger_meta FROM PUBLIC")
+        run("REVOKE ALL ON ledger_entries, ledger_checkpoints, ledger_meta, attempt_heartbeats FROM PUBLIC")
         run("RESET ROLE")
-        run(f"REVOKE ALL ON ledger_entries, ledger_checkpoints, ledger_meta FROM {w}")
+        run(f"REVOKE ALL ON ledger_entries, ledger_checkpoints, ledger_meta, attempt_heartbeats FROM {w}")
         run(f"REVOKE CREATE ON SCHEMA {s} FROM {w}")
         run(f"GRANT USAGE ON SCHEMA {s} TO {w}")
         run(f"GRANT SELECT, INSERT ON ledger_entries, ledger_checkpoints TO {w}")
         run(f"GRANT SELECT ON ledger_meta TO {w}")
+        run(f"GRANT SELECT, INSERT, UPDATE ON attempt_heartbeats TO {w}")
         run(f"GRANT USAGE ON SEQUENCE ledger_checkpoints_id_seq TO {w}")
         run(f"REVOKE {o} FROM {w}")
         if schema != "public":

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 ENTRY_COLUMNS = "idx, kind, idempotency_key, canonical, leaf_hash, appended_at"
 CHECKPOINT_COLUMNS = "id, tree_size, root_hash, created_at, key_id, note"
+HEARTBEAT_COLUMNS = "usage_key, started, beat, interval_s, beats"
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,18 @@ class Row:
     canonical: bytes
     leaf_hash: str
     appended_at: str
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The liveness row of one stage attempt (outside the Merkle log, updated in place): when it started on
+    its worker, its worker's latest heartbeat, the interval it beats at and how many beats arrived."""
+
+    usage_key: str
+    started: str  # ISO-8601 UTC, the worker's clock (as in the attempt's start entry)
+    beat: str  # ISO-8601 UTC, the worker's clock at its latest heartbeat (= started before the first)
+    interval_s: float
+    beats: int
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,29 @@ class Tx:
         sql = sql + " DESC LIMIT 1" if latest_only else sql
         return [CheckpointRow(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5]) for r in self._q(sql).fetchall()]
 
+    # -- attempt heartbeats: liveness, not evidence; the closing usage record is the ledger entry
+    def insert_heartbeat(self, usage_key: str, started: str, interval_s: float) -> None:
+        self._q(f"INSERT INTO attempt_heartbeats ({HEARTBEAT_COLUMNS}) VALUES (?, ?, ?, ?, 0) "
+                "ON CONFLICT (usage_key) DO NOTHING", (usage_key, started, started, float(interval_s)))
+
+    def beat(self, usage_key: str, at: str) -> bool:
+        """Move the attempt's last heartbeat forward to `at` (never back); False for an unknown attempt."""
+        cur = self._q("UPDATE attempt_heartbeats SET beat = ?, beats = beats + 1 WHERE usage_key = ? AND beat < ?",
+                      (at, usage_key, at))
+        return (cur.rowcount or 0) > 0
+
+    def heartbeat(self, usage_key: str) -> Heartbeat | None:
+        row = self._q(f"SELECT {HEARTBEAT_COLUMNS} FROM attempt_heartbeats WHERE usage_key = ?",
+                      (usage_key,)).fetchone()
+        return _heartbeat(row) if row else None
+
+    def open_heartbeats(self) -> list[Heartbeat]:
+        """Attempts with no entry under their usage key yet (running, or dead and not yet closed)."""
+        rows = self._q(f"SELECT {HEARTBEAT_COLUMNS} FROM attempt_heartbeats h WHERE NOT EXISTS "
+                       "(SELECT 1 FROM ledger_entries e WHERE e.idempotency_key = h.usage_key) "
+                       "ORDER BY h.started").fetchall()
+        return [_heartbeat(r) for r in rows]
+
     def meta(self, name: str) -> str | None:
         row = self._q("SELECT value FROM ledger_meta WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
@@ -108,6 +144,10 @@ def _row(r: tuple) -> Row:
     return Row(int(r[0]), str(r[1]), str(r[2]), data, str(r[4]), str(r[5]))
 
 
+def _heartbeat(r: tuple) -> Heartbeat:
+    return Heartbeat(str(r[0]), str(r[1]), str(r[2]), float(r[3]), int(r[4]))
+
+
 class Store(Protocol):
     """What the ledger needs from a backend."""
 
@@ -116,6 +156,7 @@ class Store(Protocol):
     read_only: bool  # opened for auditing: nothing is created or written
 
     def writing(self) -> Any: ...  # context manager -> Tx, exclusive against other writers
+    def touching(self) -> Any: ...  # context manager -> Tx, for heartbeats: no append lock taken
     def reading(self) -> Any: ...  # context manager -> Tx, one consistent snapshot
     def close(self) -> None: ...
 
@@ -129,6 +170,9 @@ CREATE TABLE IF NOT EXISTS ledger_checkpoints (
   id INTEGER PRIMARY KEY AUTOINCREMENT, tree_size INTEGER NOT NULL, root_hash TEXT NOT NULL,
   created_at TEXT NOT NULL, key_id TEXT NOT NULL, note TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ledger_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS attempt_heartbeats (
+  usage_key TEXT PRIMARY KEY, started TEXT NOT NULL, beat TEXT NOT NULL, interval_s REAL NOT NULL,
+  beats INTEGER NOT NULL);
 CREATE TRIGGER IF NOT EXISTS ledger_entries_no_update BEFORE UPDATE ON ledger_entries
   BEGIN SELECT RAISE(ABORT, 'ledger_entries is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_entries_no_delete BEFORE DELETE ON ledger_entries
@@ -173,6 +217,8 @@ class SQLiteStore:
             cur.execute("ROLLBACK")
             raise
         cur.execute("COMMIT")
+
+    touching = writing  # SQLite has one write lock; a heartbeat holds it for one UPDATE
 
     @contextmanager
     def reading(self) -> Iterator[Tx]:
@@ -232,6 +278,9 @@ CREATE TABLE IF NOT EXISTS ledger_checkpoints (
   id BIGSERIAL PRIMARY KEY, tree_size BIGINT NOT NULL, root_hash TEXT NOT NULL,
   created_at TEXT NOT NULL, key_id TEXT NOT NULL, note TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ledger_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS attempt_heartbeats (
+  usage_key TEXT PRIMARY KEY, started TEXT NOT NULL, beat TEXT NOT NULL, interval_s DOUBLE PRECISION NOT NULL,
+  beats BIGINT NOT NULL);
 CREATE OR REPLACE FUNCTION ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS
   $$ BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END; $$;
 CREATE OR REPLACE TRIGGER ledger_entries_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger_entries
@@ -292,6 +341,14 @@ class PostgresStore:
             yield Tx(cur, "%s")
 
     @contextmanager
+    def touching(self) -> Iterator[Tx]:
+        """A heartbeat's UPDATE of attempt_heartbeats: row-locked by PostgreSQL, never waiting on appends."""
+        if self.read_only:
+            raise PermissionError(f"{self.url} is open read-only (for verification)")
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            yield Tx(cur, "%s")
+
+    @contextmanager
     def reading(self) -> Iterator[Tx]:
         with self._conn.transaction(), self._conn.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -316,7 +373,7 @@ class PostgresStore:
 def _pg_ready(conn: Any) -> bool:
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('ledger_entries') IS NOT NULL AND to_regclass('ledger_checkpoints') IS NOT "
-                    "NULL AND to_regclass('ledger_meta') IS NOT NULL")
+                    "NULL AND to_regclass('ledger_meta') IS NOT NULL AND to_regclass('attempt_heartbeats') IS NOT NULL")
         return bool(cur.fetchone()[0])
 
 

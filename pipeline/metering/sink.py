@@ -28,20 +28,29 @@ def ledger_items(record: UsageRecord, book: PriceBook | None = None) -> list[tup
     return items
 
 
-def emit_record(writer: Any, job: Any, record: UsageRecord) -> list[Any]:
-    """Append synchronously through the single ledger writer (a Ray actor handle or a Ledger)."""
+def emit_record(writer: Any, job: Any, record: UsageRecord, *, unless_present: str | None = None) -> list[Any]:
+    """Append synchronously through the single ledger writer (a Ray actor handle or a Ledger). With
+    `unless_present` (a closing record: its own usage key) nothing is appended if that key is stored."""
     items = ledger_items(record)
-    if hasattr(writer, "append_many") and hasattr(writer.append_many, "remote"):
-        import ray
-
-        return ray.get(writer.append_many.remote(items))
-    return writer.append_many(items)
+    if unless_present is not None:
+        return append_items(writer, items, unless_present=unless_present)
+    return append_items(writer, items)
 
 
-def append_items(sink: Any, items: list[tuple[str, dict, str]]) -> list[Any]:
-    """Append through the ledger writer actor (blocking) or straight to a Ledger."""
+def append_items(sink: Any, items: list[tuple[str, dict, str]], **options: Any) -> list[Any]:
+    """Append through the ledger writer actor (blocking) or straight to a Ledger; `options` are
+    Ledger.append_many's (heartbeats, unless_present)."""
     if hasattr(sink.append_many, "remote"):
         import ray
 
-        return ray.get(sink.append_many.remote(items))
-    return sink.append_many(items)
+        return ray.get(sink.append_many.remote(items, **options))
+    return sink.append_many(items, **options)
+
+
+def heartbeat(sink: Any, usage_key: str, at: str, timeout_s: float | None = None) -> bool:
+    """One heartbeat through the ledger writer actor (waiting at most `timeout_s`) or straight to a Ledger."""
+    if hasattr(sink.heartbeat, "remote"):
+        import ray
+
+        return bool(ray.get(sink.heartbeat.remote(usage_key, at), timeout=timeout_s))
+    return bool(sink.heartbeat(usage_key, at))
