@@ -18,8 +18,10 @@ dealt out up front, and a slow shot never holds others behind it on a busy repli
   replicas; replicas above `actors` retire after `SCALE_DOWN_S` idle.
 - An episode claims a pool while it has work for the stage and lets go when its stage is done. A pool no
   episode claims keeps its replicas (and their GPUs) for `MICRODRAMA_POOL_LINGER_S` for the next episode,
-  then retires them; earlier when another pool's replica, or a plain task, cannot be placed for want of the
-  resources it holds (so a small cluster still runs every stage, and idle GPUs go back to the autoscaler).
+  then retires them (idle GPUs go back to the autoscaler). Earlier only where the pools together hold more
+  of a resource than the cluster has — another pool's replica, or a plain task (script, edit), could never
+  be placed: then unclaimed idle pools give theirs back, so a small cluster still runs every stage. On a
+  cluster sized for its pools nothing is evicted and a model loads once per replica.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ POOLS_NAME = "microdrama-model-pools"
 LINGER_S = float(os.environ.get("MICRODRAMA_POOL_LINGER_S", "300"))
 SCALE_DOWN_S = 30.0
 PENDING_EVICT_S = 2.0  # a replica not placed after this long asks unclaimed pools for their resources
+PLAIN_WAIT_S = 600.0  # how long a plain task's unmet ask keeps unclaimed pools from holding what it needs
 CLAIM_TTL_S = 3600.0  # a claim whose run made no request this long is stale (its driver died)
 
 
@@ -68,6 +71,13 @@ def pool_spec(job: Job, stage: str, backends: dict[str, dict[str, str]] | None =
                     actors=s.actors, max_actors=max(s.actors, s.max_actors or s.actors), num_cpus=float(s.num_cpus),
                     num_gpus=float(s.num_gpus), resources=resources,
                     linger_s=float(os.environ.get("MICRODRAMA_POOL_LINGER_S", LINGER_S)))
+
+
+def replica_options(spec: PoolSpec) -> dict[str, Any]:
+    """What a replica asks Ray for: the stage's GPUs, CPUs and custom resources (which pin it to the worker
+    group advertising them); a replica killed mid-shot is restarted and the shot retried on it."""
+    return {"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus, "resources": dict(spec.resources) or None,
+            "max_restarts": 2, "max_task_retries": 2, "max_concurrency": 2}  # 2: stats answer while a shot runs
 
 
 def get_pools() -> Any:
@@ -130,6 +140,7 @@ class ModelPools:
 
     def __init__(self) -> None:
         self.pools: dict[str, _Pool] = {}
+        self.plain_need: tuple[dict[str, float], float] = ({}, 0.0)
         self._janitor: asyncio.Task | None = None
 
     # ------------------------------------------------------------ driver side
@@ -174,16 +185,26 @@ class ModelPools:
             reply.cancel()
             raise
 
-    async def evict_idle(self, need: dict[str, float] | None = None, keep: str | None = None) -> int:
-        """Retire the replicas of every pool no episode claims and nothing runs on (that holds one of `need`'s
-        resources, when given); returns how many replicas went."""
-        now, gone = time.monotonic(), 0
-        for key, pool in self.pools.items():
-            if key == keep or pool.claimed(now) or not pool.idle() or not pool.replicas:
-                continue
-            if need and not set(need) & set(pool.holds()):
-                continue
-            gone += await self._retire(pool, list(pool.replicas))
+    async def make_room(self, need: dict[str, float]) -> int:
+        """A plain task (script, edit) asks for `need`: if the pools hold so much of a resource that it could
+        never run, the pools no run claims give theirs back (now, and for a while as runs let go)."""
+        self.plain_need = (dict(need), time.monotonic())
+        return await self._evict_for(need)
+
+    async def _evict_for(self, need: dict[str, float], keep: str | None = None) -> int:
+        """Retire unclaimed, idle pools holding resource k while the pools' hold on k (pending replicas
+        included) plus `need` exceeds the cluster's total of k; returns how many replicas went."""
+        total, now, gone = ray.cluster_resources(), time.monotonic(), 0
+        for k in {k for k in need} | {k for p in self.pools.values() for k in p.holds()}:
+            over = sum(p.holds().get(k, 0) for p in self.pools.values()) + need.get(k, 0) - total.get(k, 0)
+            for key, pool in list(self.pools.items()):
+                if over <= 1e-9:
+                    break
+                held = pool.holds().get(k, 0)
+                if key == keep or not held or pool.claimed(now) or not pool.idle():
+                    continue
+                gone += await self._retire(pool, list(pool.replicas))
+                over -= held
         return gone
 
     async def stats(self) -> dict[str, Any]:
@@ -212,9 +233,7 @@ class ModelPools:
         from pipeline.orchestrate import StageWorker
 
         s = pool.spec
-        handle = StageWorker.options(num_cpus=s.num_cpus, num_gpus=s.num_gpus, resources=dict(s.resources) or None,
-                                     max_restarts=2, max_task_retries=2, max_concurrency=2  # stats while a shot runs
-                                     ).remote(s.job, s.stage, s.backends)
+        handle = StageWorker.options(**replica_options(s)).remote(s.job, s.stage, s.backends)
         replica = _Replica(pool.made, handle)
         pool.made += 1
         pool.replicas.append(replica)
@@ -227,9 +246,7 @@ class ModelPools:
             done, _ = await asyncio.wait({placed}, timeout=PENDING_EVICT_S)
             if done:
                 break
-            holds = {k: v for k, v in {"CPU": pool.spec.num_cpus, "GPU": pool.spec.num_gpus,
-                                       **pool.spec.resources}.items() if v > 0}
-            await self.evict_idle(holds, keep=pool.spec.key)
+            await self._evict_for({}, keep=pool.spec.key)  # the pools together do not fit: unclaimed ones go
         try:
             replica.stats = placed.result()
         except ray.exceptions.RayError as exc:  # the replica could not start (its backend raised)
@@ -314,20 +331,15 @@ class ModelPools:
                 pass
 
     async def _tidy(self, now: float) -> None:
-        short = _short_resources()
         for pool in list(self.pools.values()):
             extra = [r for r in pool.replicas[pool.spec.actors:] if not r.busy and now - r.last_used > SCALE_DOWN_S]
             if extra:
                 await self._retire(pool, extra)
-            if pool.replicas and not pool.claimed(now) and pool.idle():
-                if now - pool.last_used > pool.spec.linger_s or short & set(pool.holds()):
-                    await self._retire(pool, list(pool.replicas))
-
-
-def _short_resources() -> set[str]:
-    """CPU/GPU of which the cluster has less than one unit free (something may be waiting for it)."""
-    free, total = ray.available_resources(), ray.cluster_resources()
-    return {k for k in ("CPU", "GPU") if total.get(k, 0) > 0 and free.get(k, 0) < 1}
+            if pool.replicas and not pool.claimed(now) and pool.idle() and now - pool.last_used > pool.spec.linger_s:
+                await self._retire(pool, list(pool.replicas))
+        need, asked = self.plain_need
+        if need and now - asked < PLAIN_WAIT_S:  # a plain task may still wait for what idle pools hold
+            await self._evict_for(need)
 
 
 def _settle(reply: asyncio.Future, *, result: Any = None, error: BaseException | None = None) -> None:

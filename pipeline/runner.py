@@ -118,9 +118,10 @@ class Submitter:
         return self.claimed[stage]
 
     def _make_room(self, num_cpus: float) -> None:
-        """A plain task needs CPUs that idle pools no run claims may hold (a small cluster): they give them up."""
-        if self._pools is not None and num_cpus > 0 and ray.available_resources().get("CPU", 0) < num_cpus:
-            ray.get(self._pools.evict_idle.remote({"CPU": num_cpus}))
+        """A plain task must not wait for ever on CPUs held by pools no run claims (a cluster too small for
+        its pools): ask the pools to make room (pipeline/pools.py)."""
+        if num_cpus > 0:
+            ray.get(self.pools().make_room.remote({"CPU": float(num_cpus)}))
 
     def _track(self, ref: ray.ObjectRef) -> ray.ObjectRef:
         self.submitted.append(ref)
