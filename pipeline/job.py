@@ -48,6 +48,9 @@ class BackendSettings(_Frozen):
     backend: str
     options: dict[str, Any] = Field(default_factory=dict)
     actors: int = Field(1, ge=1, le=64)
+    # the stage's shared model pool grows up to this many replicas while its queue is deeper than the idle
+    # replicas (queue-depth autoscaling), and shrinks back to `actors` (pipeline/pools.py); None: fixed size
+    max_actors: int | None = Field(None, ge=1, le=256)
     num_gpus: float = Field(0, ge=0, le=64)
     num_cpus: float = Field(1, ge=0, le=1024)
     max_retries: int = Field(2, ge=0, le=10)
@@ -64,6 +67,13 @@ class BackendSettings(_Frozen):
             if not amount > 0:
                 raise ValueError(f"{name}: ask for an amount > 0, e.g. {{{name}: 1}}")
         return v
+
+    @model_validator(mode="after")
+    def _pool_size(self) -> "BackendSettings":
+        if self.max_actors is not None and self.max_actors < self.actors:
+            raise ValueError(f"max_actors ({self.max_actors}) must be >= actors ({self.actors}): the pool starts "
+                             "at `actors` replicas and grows up to `max_actors`")
+        return self
 
 
 class ScriptSettings(BackendSettings):

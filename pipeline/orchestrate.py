@@ -2,7 +2,8 @@
 
 Shots fan out as Ray tasks that chain through ObjectRefs, so storyboards, dubbing and video of different
 shots run in parallel. Stages whose backend holds model weights (`resident = True`) run inside
-`StageWorker` actors that load the model once and serve many shots; GPU stages ask Ray for `num_gpus`.
+`StageWorker` replicas of the cluster's shared model pools (pipeline/pools.py), which load the model once and
+serve the shots of every episode; GPU stages ask Ray for `num_gpus`.
 Every stage execution (cache hit, success, failure, each retry) yields one usage record, sent to the
 sink (the ledger writer) from the worker before the result is returned. Before any work an attempt
 appends a start entry, so an attempt whose worker is killed is still billed once (metering/attempts.py).
@@ -338,8 +339,17 @@ class StageWorker:
         each load); a backend without one loaded at construction, once."""
         return int(getattr(self.backend, "loads", 1))
 
-    def stats(self) -> dict[str, int]:
-        return {"pid": os.getpid(), "executions": self.executions, "loads": self.load_count()}
+    def stats(self) -> dict[str, Any]:
+        """pid, node, executions, model loads — and, for the tiny models (models/tiny.py), the models this
+        process built, by kind (each should be 1: a model is built once per replica)."""
+        import sys
+
+        tiny = sys.modules.get("models.tiny")
+        out: dict[str, Any] = {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+                               "executions": self.executions, "loads": self.load_count()}
+        if tiny is not None and tiny.BUILDS:
+            out["tiny_builds"] = dict(tiny.BUILDS)
+        return out
 
     def execute(self, info: RunInfo, call: StageCall, names: tuple[str, ...], *upstream) -> dict:
         self.executions += 1

@@ -17,7 +17,7 @@ from pipeline.errors import UserError
 from pipeline.identity_report import shot_identity, summary
 from pipeline.job import Job
 from pipeline.metering.attempts import driver_identity
-from pipeline.orchestrate import (RunInfo, StageWorker, is_resident, new_run_id, stage_task,
+from pipeline.orchestrate import (RunInfo, is_resident, new_run_id, stage_task,
                                   backend_settings, registry_snapshot)
 from pipeline.progress import Progress
 from pipeline.stages import StageCall
@@ -79,27 +79,51 @@ def _fit_problems(section: str, settings: Any, nodes: list[dict[str, float]]) ->
 
 @dataclass
 class Submitter:
-    """Places stage executions on Ray: plain tasks, or a pool of resident StageWorker actors."""
+    """Places one run's stage executions on Ray: plain tasks, or requests to the cluster's shared model pools
+    (pipeline/pools.py), which the run claims while it has work for a stage and lets go when the stage is done."""
 
     info: RunInfo
-    workers: dict[str, list[Any]] = field(default_factory=dict)
-    turn: dict[str, int] = field(default_factory=dict)
+    claimed: dict[str, str] = field(default_factory=dict)  # stage -> pool key
     actor_stats: dict[str, list[dict[str, int]]] = field(default_factory=dict)
     submitted: list[ray.ObjectRef] = field(default_factory=list)
+    pool_calls: set = field(default_factory=set)
+    _pools: Any = None
 
     def submit(self, stage: str, call: StageCall, **upstream: Any) -> ray.ObjectRef:
         names, refs = tuple(upstream), tuple(upstream.values())
         settings = backend_settings(self.info.job, stage)
         if settings is not None and is_resident(self.info.job, stage):
-            pool = self._pool(stage, settings)
-            i = self.turn.get(stage, 0)
-            self.turn[stage] = i + 1
-            return self._track(pool[i % len(pool)].execute.remote(self.info, call, names, *refs))
+            key = self._claim(stage)
+            ref = self.pools().call.remote(key, self.info, call, names, *refs)
+            self.pool_calls.add(ref)
+            return self._track(ref)
         opts: dict[str, Any] = {"num_cpus": settings.num_cpus if settings else 1, "max_retries": 2,
                                 "retry_exceptions": False}
         if settings is not None and settings.resources:
             opts["resources"] = dict(settings.resources)
+        self._make_room(opts["num_cpus"])
         return self._track(stage_task.options(**opts).remote(self.info, stage, call, names, *refs))
+
+    def pools(self) -> Any:
+        if self._pools is None:
+            from pipeline.pools import get_pools
+
+            self._pools = get_pools()
+        return self._pools
+
+    def _claim(self, stage: str) -> str:
+        if stage not in self.claimed:
+            from pipeline.pools import pool_spec
+
+            spec = pool_spec(self.info.job, stage, self.info.backends)
+            self.claimed[stage] = ray.get(self.pools().claim.remote(spec, self.info.run_id))
+        return self.claimed[stage]
+
+    def _make_room(self, num_cpus: float) -> None:
+        """A plain task must not wait for ever on CPUs held by pools no run claims (a cluster too small for
+        its pools): ask the pools to make room (pipeline/pools.py)."""
+        if num_cpus > 0:
+            ray.get(self.pools().make_room.remote({"CPU": float(num_cpus)}))
 
     def _track(self, ref: ray.ObjectRef) -> ray.ObjectRef:
         self.submitted.append(ref)
@@ -108,14 +132,15 @@ class Submitter:
     def settle(self, timeout_s: float = SETTLE_S) -> None:
         """After a failure: let executions already under way finish, so their usage records land and their
         outputs are cached for the re-run (executions waiting on the failed one fail at once, unrun);
-        plain tasks still running after `timeout_s` are cancelled (their attempts are closed as dead)."""
+        what is still running or queued after `timeout_s` is cancelled (a pool request not started yet never
+        runs; plain tasks' attempts are closed as dead)."""
         if not self.submitted:
             return
         _, left = ray.wait(self.submitted, num_returns=len(self.submitted), timeout=timeout_s)
         for ref in left:
             try:
-                ray.cancel(ref, force=True)
-            except Exception:  # actor tasks cannot be force-cancelled: close() kills their actors
+                ray.cancel(ref, force=ref not in self.pool_calls)  # actor calls cannot be forced
+            except Exception:  # finished meanwhile
                 pass
 
     def cancel(self) -> None:
@@ -123,34 +148,23 @@ class Submitter:
         attempts end at their last heartbeat and are closed by the run's end)."""
         for ref in self.submitted:
             try:
-                ray.cancel(ref, force=True)
-            except Exception:  # actor tasks cannot be force-cancelled: close() kills their actors
+                ray.cancel(ref, force=ref not in self.pool_calls)  # actor calls cannot be forced
+            except Exception:  # finished meanwhile
                 pass
 
-    def _pool(self, stage: str, settings: Any) -> list[Any]:
-        if stage not in self.workers:
-            self.workers[stage] = [
-                StageWorker.options(num_cpus=settings.num_cpus, num_gpus=settings.num_gpus,
-                                    resources=dict(settings.resources) or None,
-                                    max_restarts=2, max_task_retries=2).remote(self.info.job, stage,
-                                                                               self.info.backends)
-                for _ in range(settings.actors)]
-        return self.workers[stage]
-
     def release(self, stage: str) -> None:
-        """Free a finished stage's resident models (and the CPUs/GPUs they hold) for the next stage,
-        keeping each actor's model-load and execution counts for the manifest."""
-        pool = self.workers.pop(stage, [])
-        if pool:
-            self.actor_stats[stage] = ray.get([actor.stats.remote() for actor in pool])
-        for actor in pool:
-            ray.kill(actor)
+        """This run is done with `stage`: its pool may serve other episodes or, unclaimed, give its resources
+        back; the replicas that served this run (pid, node, model loads, executions) go in the manifest."""
+        key = self.claimed.pop(stage, None)
+        if key is not None:
+            self.actor_stats[stage] = ray.get(self.pools().release.remote(key, self.info.run_id))
 
     def close(self) -> None:
-        for pool in self.workers.values():
-            for actor in pool:
-                ray.kill(actor)
-        self.workers.clear()
+        for stage in list(self.claimed):
+            try:
+                self.release(stage)
+            except Exception:  # the pools actor is gone with its node: nothing to let go of
+                self.claimed.pop(stage, None)
 
 
 def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, sink: Any = None,
@@ -222,7 +236,7 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
         c["executions"] += len(cast_runs)
         c["hits"] += sum(cast_runs)
         c["all_cached"] = c["hits"] == c["executions"]
-    manifest["actors"] = sub.actor_stats  # resident models: one load per actor, many shots each
+    manifest["actors"] = sub.actor_stats  # the shared pools' replicas that served this run, with their loads
     return manifest, results["edit"]["outputs"]
 
 

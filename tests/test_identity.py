@@ -335,6 +335,7 @@ def test_manifest_summary_review_list_warnings_and_mlflow(tmp_path):
     json.dumps(manifest, ensure_ascii=False)  # the manifest stays JSON
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("identity-check")  # not the process's last active experiment (another test's store)
     with mlflow.start_run() as run:
         log_storyboard_run(mlflow, manifest, IdentitySettings(min_similarity=0.9999, max_tries=2))
     client = MlflowClient()

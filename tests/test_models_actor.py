@@ -33,30 +33,16 @@ def test_pool_loads_once_per_actor_not_per_shot(ray_session):
         pool.shutdown()
 
 
-def test_resident_gpu_stages_ask_ray_for_their_gpus(monkeypatch, tmp_path):
-    """The pool of resident actors asks Ray for the profile's num_gpus (and custom resources) per actor."""
-    from pipeline import runner
+def test_resident_gpu_stages_ask_ray_for_their_gpus(tmp_path):
+    """Each replica of a stage's shared pool asks Ray for the profile's num_gpus (and custom resources)."""
     from pipeline.job import load_job
-    from pipeline.orchestrate import RunInfo, backend_settings
+    from pipeline.pools import pool_spec, replica_options
     from tests.tiny_jobs import places, write_job
 
-    asked = []
-
-    class FakeActorClass:
-        @staticmethod
-        def options(**kw):
-            asked.append(kw)
-            return FakeActorClass
-
-        @staticmethod
-        def remote(*args):
-            return object()
-
-    monkeypatch.setattr(runner, "StageWorker", FakeActorClass)
     job = load_job(write_job(tmp_path / "job", profile="tiny", stages={
         "video": {"num_gpus": 0.5, "actors": 2, "resources": {"render": 1}}}), places(tmp_path))
-    sub = runner.Submitter(RunInfo(run_id="r", job=job, cache_root=str(tmp_path / "cache")))
-    pool = sub._pool("video", backend_settings(job, "video"))
-    assert len(pool) == 2 and len(asked) == 2
-    assert all(kw["num_gpus"] == 0.5 and kw["num_cpus"] == 1 and kw["resources"] == {"render": 1} for kw in asked)
-    assert all(kw["max_restarts"] == 2 for kw in asked)  # a dead GPU worker is replaced, its shots retried
+    spec = pool_spec(job, "video")
+    kw = replica_options(spec)
+    assert spec.actors == spec.max_actors == 2
+    assert kw["num_gpus"] == 0.5 and kw["num_cpus"] == 1 and kw["resources"] == {"render": 1}
+    assert kw["max_restarts"] == 2  # a dead GPU worker is replaced, its shots retried

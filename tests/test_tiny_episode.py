@@ -55,52 +55,22 @@ def tiny_run(tmp_path_factory, ray_session):
     (work / "job" / "job.yaml").write_text(yaml.safe_dump(job_data, allow_unicode=True), encoding="utf-8")
     job = load_job(work / "job" / "job.yaml", [f"output_dir={work / 'out'}", f"cache_dir={work / 'cache'}"])
     ledger = f"sqlite:///{work / 'ledger.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        actors = watch_resident_actors(mp)
-        manifest = run_job(job, quiet=True, tracking_uri=f"sqlite:///{work / 'mlflow.db'}", ledger_url=ledger)
+    manifest = run_job(job, quiet=True, tracking_uri=f"sqlite:///{work / 'mlflow.db'}", ledger_url=ledger)
     from pipeline.metering.ledger import Ledger
 
     with Ledger.open(ledger) as led:
         usage = [e.body for e in led.entries(kind="usage", where={"job": manifest["run_id"]})]
-    print("resident actors:", actors)
-    return {"job": job, "manifest": manifest, "usage": usage, "actors": actors}
+    return {"job": job, "manifest": manifest, "usage": usage, "pools": pool_replicas()}
 
 
-def watch_resident_actors(mp: pytest.MonkeyPatch) -> dict[str, list[dict]]:
-    """Before the driver's Submitter frees a stage's resident StageWorker actors, ask each (Ray's
-    `__ray_call__`) for its pid, its backend's own load counter and the tiny models built in its process."""
+def pool_replicas() -> dict[int, dict]:
+    """Every replica of the cluster's model pools, live or retired, by pid (as the pools actor reports it)."""
     import ray
 
-    from pipeline.runner import Submitter
+    from pipeline.pools import get_pools
 
-    seen: dict[str, list[dict]] = {}
-
-    def facts(worker):  # runs inside the actor; nested, so Ray pickles it by value
-        import os
-        import sys
-
-        tiny = sys.modules.get("models.tiny")
-        return {"pid": os.getpid(), "backend": type(worker.backend).__name__,
-                "loads": getattr(worker.backend, "loads", None), "builds": dict(tiny.BUILDS) if tiny else {}}
-
-    def record(sub: Submitter, stage: str) -> None:
-        for actor in sub.workers.get(stage, []):
-            seen.setdefault(stage, []).append(ray.get(actor.__ray_call__.remote(facts)))
-
-    release, close = Submitter.release, Submitter.close
-
-    def watched_release(self, stage):
-        record(self, stage)
-        release(self, stage)
-
-    def watched_close(self):
-        for stage in list(self.workers):
-            record(self, stage)
-        close(self)
-
-    mp.setattr(Submitter, "release", watched_release)
-    mp.setattr(Submitter, "close", watched_close)
-    return seen
+    stats = ray.get(get_pools().stats.remote())
+    return {r["pid"]: r for p in stats.values() for r in p["replicas"] + p["retired"] if "pid" in r}
 
 
 def test_episode_is_a_vertical_h264_aac_mp4(tiny_run):
@@ -157,24 +127,23 @@ def test_usage_records_carry_the_model_usage(tiny_run):
 
 
 def test_resident_actors_load_each_model_once(tiny_run):
-    """One actor per resident stage (the tiny profile asks for 1), whose backend loaded its model once for
-    both shots and whose process built each tiny model once."""
-    actors = tiny_run["actors"]
+    """One replica per resident stage served the run (the tiny profile asks for 1), whose backend loaded its
+    model once for both shots and whose process built each tiny model once."""
+    actors = tiny_run["manifest"]["actors"]
     assert sorted(actors) == ["dub", "storyboard", "translate", "video"]
     for stage, found in actors.items():
         assert len(found) == 1, (stage, found)
         assert found[0]["loads"] == 1, (stage, found)
-        assert all(n == 1 for n in found[0]["builds"].values()) and found[0]["builds"], (stage, found)
+        assert found[0]["tiny_builds"] and all(n == 1 for n in found[0]["tiny_builds"].values()), (stage, found)
     assert len({a[0]["pid"] for a in actors.values()}) == 4  # each model in its own resident process
 
 
 def test_manifest_reports_model_loads_per_actor(tiny_run):
-    """What a finance or ops reader needs without instrumenting the driver (not reported yet)."""
-    actors = tiny_run["manifest"].get("actors")
-    if actors is None:
-        pytest.xfail("the manifest does not report resident actors' model loads yet: wanted "
-                     "manifest['actors'] = {stage: [{'pid': int, 'executions': int, 'loads': int}]}, filled by "
-                     "runner.Submitter from StageWorker before release(), with loads = the backend's own `loads` "
-                     "counter (as models/actor.BackendHost.load_count does), not StageWorker's constant 1")
-    for stage, found in tiny_run["actors"].items():
-        assert [a["loads"] for a in actors[stage]] == [f["loads"] for f in found]
+    """The manifest's replicas are the pools' own (same pid, same load count), with this run's share of the
+    executions: 1 for the translate, one per shot for the shot stages."""
+    actors, pools = tiny_run["manifest"]["actors"], tiny_run["pools"]
+    shots = len(tiny_run["manifest"]["shots"])
+    for stage, found in actors.items():
+        assert [a["loads"] for a in found] == [pools[a["pid"]]["loads"] for a in found], (stage, found)
+        assert sum(a["for_run"] for a in found) == (1 if stage == "translate" else shots), (stage, found)
+        assert all(a["executions"] >= a["for_run"] for a in found)
