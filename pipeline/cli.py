@@ -35,6 +35,24 @@ COMMANDS = {
 }
 
 
+def quiet_libraries() -> None:
+    """Keep Ray's and MLflow's own INFO lines (database migrations, "creating experiment", Ray's token-auth
+    notice) out of the user's terminal; their warnings and errors still show. `--verbose` keeps them all."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+
+
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", help="Also show Ray's and MLflow's own log lines "
+                                          "(quiet by default)")) -> None:
+    if not verbose:
+        quiet_libraries()
+
+
 def _fail(exc: BaseException, code: int) -> None:
     for line in str(exc).splitlines() or [type(exc).__name__]:
         err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, markup=True, soft_wrap=True)

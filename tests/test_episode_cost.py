@@ -9,6 +9,8 @@ driver died (the fault tests cover real killed workers); everything else is `mic
 """
 from __future__ import annotations
 
+import re
+
 import csv
 import datetime as dt
 import json
@@ -175,6 +177,8 @@ def test_report_claims_build_packet_and_mlflow_agree_to_the_digit(history, tmp_p
     logged = {p.data.tags["microdrama.run_id"]: Decimal(p.data.tags["total_cost_cny"]) for p in parents}
     assert set(logged) == {history["runs"][k] for k in ("first", "cached", "edited")}
     assert all(logged[job] == _job_sum(history, job) for job in logged)
+    names = [p.info.run_name for p in parents]  # repeated runs of one episode are told apart in the UI
+    assert all(re.fullmatch(rf"{DRAMA}/\S+ · \S+ · \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC", n) for n in names), names
     unlogged = exact_sum(e.body["amount"] for e in history["lines"] if e.body["job"] not in logged)
     assert exact_sum([*logged.values(), unlogged]) == m.production
 

@@ -270,5 +270,8 @@ def test_the_voice_notebooks_command_runs(voice_run, tmp_path):
                           f"output_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
+    # a fresh MLflow store and a local Ray: their INFO lines (tables created, experiment created, token auth)
+    # stay out of the terminal without --verbose
+    assert " INFO " not in res.stderr and "Token authentication" not in res.stderr, res.stderr[-2000:]
     manifest = json.loads((tmp_path / "out" / "ceo-stand-in" / "ep01" / "manifest.json").read_text("utf-8"))
     assert manifest["profile"] == "preview-cpu" and manifest["backends"]["dub"] == "espeak-ng"

@@ -138,7 +138,7 @@ def log_episode(*, tracking_uri: str, job: Any, manifest: dict[str, Any], usage:
     if checkpoint:
         tags.update({"ledger.checkpoint.size": str(checkpoint["tree_size"]),
                      "ledger.checkpoint.root": checkpoint["root_hash"]})
-    with mlflow.start_run(experiment_id=exp.experiment_id, run_name=f"{job.episode}",
+    with mlflow.start_run(experiment_id=exp.experiment_id, run_name=run_name(job, manifest),
                           tags=tags) as parent:
         mlflow.log_params({"languages": ",".join(job.languages), "seed": job.seed,
                            "shots": len(manifest["shots"]), "fps": job.stages.video.fps})
@@ -154,6 +154,16 @@ def log_episode(*, tracking_uri: str, job: Any, manifest: dict[str, Any], usage:
                        out_dir=out_dir)
         _log_artifacts(mlflow, out_dir, usage, costs, checkpoint)
         return parent.info.run_id
+
+
+def run_name(job: Any, manifest: dict[str, Any]) -> str:
+    """What the MLflow UI lists: drama, episode, profile and when the run was made (UTC), and a re-cut as one,
+    so repeated runs of an episode are told apart at a glance."""
+    from datetime import datetime, timezone
+
+    made = datetime.fromisoformat(manifest["created"]).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    kind = " re-cut" if (manifest.get("reedit") or {}).get("previous_run") else ""
+    return f"{job.drama}/{job.episode}{kind} · {job.profile} · {made} UTC"
 
 
 def _log_stage(mlflow: Any, job: Any, stage: str, metrics: dict[str, float], money: dict[str, str],
