@@ -42,26 +42,42 @@ def ensure_ray(address: str | None = None) -> None:
 
 
 def check_resources(job: Job) -> None:
-    """Refuse, before any work, a stage that asks for a custom resource no live node of the cluster has:
-    Ray would keep it pending for ever. (A KubeRay autoscaler that adds such nodes on demand needs a
-    minimum of one in the worker group.)"""
-    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    """Refuse, before any work, a stage no node can ever run: Ray would keep it pending for ever. A node is
+    a live one or one the cluster's autoscaler may start (a KubeRay worker group at zero replicas until work
+    arrives counts with its resources, as long as its maxReplicas is not 0)."""
+    live = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    nodes = live + scalable_node_groups()
     have = {k for res in nodes for k, v in res.items() if v > 0}
     problems = []
     for section, settings in job.stages.backends().items():
         missing = [name for name in settings.resources if name not in have]
         for name in missing:
-            problems.append(f"stages.{section}.resources.{name}: no live node of this Ray cluster has the "
-                            f"resource {name!r}; start one with `ray start --resources='{{\"{name}\": 1}}'` "
-                            "or remove it from the job")
+            problems.append(f"stages.{section}.resources.{name}: no node of this Ray cluster (live or in an "
+                            f"autoscaling group) has the resource {name!r}; start one with "
+                            f"`ray start --resources='{{\"{name}\": 1}}'` or remove it from the job")
         if not missing:
             problems += _fit_problems(section, settings, nodes)
     if problems:
         raise UserError(problems)
 
 
+def scalable_node_groups() -> list[dict[str, float]]:
+    """The resources of one node of each group the autoscaler may start (Ray's cluster config in the GCS,
+    written by the KubeRay autoscaler); [] where the cluster has no autoscaler."""
+    try:
+        from ray._private.state import state
+
+        config = state.get_cluster_config()
+    except Exception:  # an older Ray, Ray Client, no GCS access: the live nodes decide alone
+        return []
+    if config is None:
+        return []
+    return [{k: float(v) for k, v in group.resources.items()} for group in config.node_group_configs
+            if group.max_count != 0]
+
+
 def _fit_problems(section: str, settings: Any, nodes: list[dict[str, float]]) -> list[str]:
-    """A stage's whole ask (GPUs, CPUs, custom resources) must fit on one live node, or Ray waits for ever."""
+    """A stage's whole ask (GPUs, CPUs, custom resources) must fit on one node, or Ray waits for ever."""
     ask = {"GPU": float(settings.num_gpus), "CPU": float(settings.num_cpus), **settings.resources}
     ask = {k: v for k, v in ask.items() if v > 0}
     if any(all(res.get(k, 0) >= v for k, v in ask.items()) for res in nodes):
@@ -70,11 +86,12 @@ def _fit_problems(section: str, settings: Any, nodes: list[dict[str, float]]) ->
     most_cpus = max((res.get("CPU", 0) for res in nodes), default=0)
     if ask.get("GPU", 0) > most_gpus:
         return [f"stages.{section}.num_gpus: {settings.num_gpus:g} GPU(s) asked, but no live node of this Ray "
-                f"cluster has more than {most_gpus:g}; lower num_gpus (0 runs on CPU) or add a GPU node"]
+                f"cluster (nor any node its autoscaler may start) has more than {most_gpus:g}; lower num_gpus "
+                "(0 runs on CPU) or add a GPU node"]
     if ask.get("CPU", 0) > most_cpus:
         return [f"stages.{section}.num_cpus: {settings.num_cpus:g} CPU(s) asked, but no live node of this Ray "
-                f"cluster has more than {most_cpus:g}; lower num_cpus"]
-    return [f"stages.{section}: no single live node has all of {ask}; lower num_gpus/num_cpus/resources"]
+                f"cluster (nor any node its autoscaler may start) has more than {most_cpus:g}; lower num_cpus"]
+    return [f"stages.{section}: no single node has all of {ask}; lower num_gpus/num_cpus/resources"]
 
 
 @dataclass

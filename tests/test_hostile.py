@@ -567,3 +567,28 @@ def test_the_hostile_inputs_stayed_in_bounded_memory(work) -> None:
     grown_kib = peak_rss_kib() - work.peak_at_start_kib
     assert grown_kib < 1 << 20, f"peak RSS grew by {grown_kib // 1024} MiB"
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+def test_a_gpu_group_at_zero_replicas_is_a_node_the_job_can_wait_for(tmp_path, ray_session, monkeypatch) -> None:
+    """A KubeRay GPU worker group with no pod yet (autoscaler on) satisfies the check; one with maxReplicas
+    0 does not. The group's resources come from the cluster config the autoscaler writes into Ray's GCS."""
+    from types import SimpleNamespace
+
+    from ray._private import state as ray_state
+
+    from pipeline import runner
+    from pipeline.errors import UserError
+    from pipeline.job import load_job
+
+    job = load_job(write_job(tmp_path / "job", stages={"video": {"num_gpus": 8}}), [f"output_dir={tmp_path / 'o'}"])
+    groups = [SimpleNamespace(resources={"CPU": 16, "GPU": 8, "memory": 1 << 36}, max_count=4)]
+    config = SimpleNamespace(node_group_configs=groups)
+    monkeypatch.setattr(ray_state.state, "get_cluster_config", lambda: config)
+    assert runner.scalable_node_groups() == [{"CPU": 16.0, "GPU": 8.0, "memory": float(1 << 36)}]
+    runner.check_resources(job)  # the autoscaler can start an 8-GPU node: wait for it, do not refuse
+    groups[0].max_count = 0
+    with pytest.raises(UserError, match=r"stages\.video\.num_gpus: 8 GPU\(s\) asked, but no live node .* \(nor any "
+                                         r"node its autoscaler may start"):
+        runner.check_resources(job)
+    monkeypatch.setattr(ray_state.state, "get_cluster_config", lambda: None)  # no autoscaler: live nodes only
+    assert runner.scalable_node_groups() == []
