@@ -61,6 +61,13 @@ def check_resources(job: Job) -> None:
         raise UserError(problems)
 
 
+def cluster_gpu_models() -> list[str]:
+    """The GPU models of the live nodes and autoscaling groups (Ray's `accelerator_type:<model>` resource)."""
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")] + scalable_node_groups()
+    return sorted({k.split(":", 1)[1] for res in nodes if res.get("GPU", 0) > 0 for k in res
+                   if k.startswith("accelerator_type:")})
+
+
 def scalable_node_groups() -> list[dict[str, float]]:
     """The resources of one node of each group the autoscaler may start (Ray's cluster config in the GCS,
     written by the KubeRay autoscaler); [] where the cluster has no autoscaler."""
@@ -199,7 +206,10 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
     check_resources(job)
     from pipeline.finance.plan import preflight_prices
 
+    from pipeline.finance.plan import gpu_price_problems
+
     unpriced = preflight_prices(job)  # a billed item without a price stops the run before it starts
+    unpriced += gpu_price_problems(job, cluster_gpu_models())
     if unpriced:
         raise UserError(unpriced)
     sub = Submitter(info)

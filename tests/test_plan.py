@@ -53,3 +53,14 @@ def test_budget_guard_stops_before_video_on_the_plan_alone(tmp_path):
 def test_readme_table_is_the_one_estimate_computes():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert plan_table.markdown() in readme  # regenerate: python -m pipeline.finance.plan_table
+
+
+def test_a_gpu_model_without_a_price_stops_a_gpu_job_before_it_starts():
+    """GPU time is priced per model (configs/prices/compute-*.yaml, gpu_model tokens): a cluster whose GPUs
+    no table prices refuses a job that asks for GPUs, naming the model and the fix; a CPU job is not asked."""
+    gpu = load_job(DEMO, ["stages.video.num_gpus=1"])
+    assert plan.gpu_price_problems(gpu, ["H100", "H200"]) == []  # both priced in the shipped tables
+    (problem,) = plan.gpu_price_problems(gpu, ["H100", "B300"])
+    assert problem.startswith("stages.video: asks for GPUs and this cluster has B300 GPUs, which no price table")
+    assert "gpu_model: B300" in problem and "configs/prices/" in problem
+    assert plan.gpu_price_problems(load_job(DEMO), ["B300"]) == []  # no stage asks for a GPU

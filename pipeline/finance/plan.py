@@ -80,6 +80,28 @@ def preflight_prices(job: Any, *, at: dt.datetime | None = None, book: Any = Non
     return problems
 
 
+def gpu_price_problems(job: Any, gpu_models: list[str], *, at: dt.datetime | None = None,
+                       book: Any = None) -> list[str]:
+    """Before any GPU work: every GPU model a stage asking for GPUs may land on must have a gpu-hour price in
+    force (GPU time is never billed as zero). `gpu_models` are the cluster's (Ray's accelerator types)."""
+    from pipeline.metering.prices import PriceError
+
+    gpu_stages = [f"stages.{section}" for section, settings in job.stages.backends().items()
+                  if float(settings.num_gpus) > 0]
+    if not gpu_stages:
+        return []
+    book, at = _book(book), at or _now()
+    problems = []
+    for model in sorted(set(gpu_models)):
+        try:
+            book.price_for(book.gpu_item(model), at)
+        except PriceError as exc:
+            problems.append(f"{', '.join(gpu_stages)}: asks for GPUs and this cluster has {model} GPUs, which no "
+                            f"price table in force prices ({exc}); add a gpu-hour item with gpu_model: {model} "
+                            "to configs/prices/ (with its source page) before running")
+    return problems
+
+
 def _probe_facts(job: Any, section: str) -> dict[str, Any]:
     """Facts that name every item a backend can bill (the quantity does not matter here)."""
     if section == "video":
