@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline import safe_io
-from pipeline.errors import JobError
+from pipeline.errors import JobError, UserError
 from pipeline.money import bounded
 from pipeline.secrets import literal_secret_problems
 
@@ -542,7 +542,22 @@ def _folder_problems(job: Job) -> list[str]:
         return problems + [f"output_dir: {job.out_path}: {exc}"]
     if root not in final.parents:
         problems.append(f"output_dir: {job.out_path} resolves to {final}, outside {root} (a symlink); remove it")
-    return problems
+    return problems + _other_profile_problems(job)
+
+
+def _other_profile_problems(job: Job) -> list[str]:
+    """An episode folder already holding another profile's episode is not silently replaced (a `tiny` run
+    over a `preview-cpu` one): the job says where else to publish, or the folder is removed first."""
+    manifest = job.out_path / "manifest.json"
+    try:
+        before = json.loads(safe_io.read_text(manifest, "episode manifest", max_bytes=64 << 20)).get("profile")
+    except (OSError, ValueError, AttributeError, UserError):
+        return []  # no episode there yet, or not one of ours: publishing replaces nothing we made
+    if before is None or before == job.profile:
+        return []
+    return [f"output_dir: {job.out_path} holds a {before!r} episode and this job renders profile {job.profile!r}; "
+            f"publish it elsewhere (e.g. output_dir={job.output_dir / job.profile}) or delete {job.out_path} to "
+            "replace it"]
 
 
 def _delivery_problems(job: Job) -> list[str]:

@@ -3,6 +3,7 @@ answer within a short connect timeout is `Unreachable` (exit 4), each said in on
 from __future__ import annotations
 
 import os
+import stat
 import socket
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -57,14 +58,18 @@ def check_sqlite_file(path: Path, what: str, *, must_exist: bool = False) -> Non
     """A SQLite URL's file: an existing file must be a SQLite database (not a corrupt or foreign file), and a
     new one must have a folder to be created in."""
     try:
-        if path.is_file():
+        try:
+            st = os.stat(path)  # one look: another episode of a batch may be creating the file right now
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISREG(st.st_mode):
             with open(path, "rb") as fh:
                 head = fh.read(len(SQLITE_HEADER))
-            if head and head != SQLITE_HEADER:
+            if head and not SQLITE_HEADER.startswith(head):  # (a header being written counts as one)
                 raise UserError(f"{what}: {path} is not a SQLite database (corrupt or another kind of file); "
                                 "restore it from a backup or point at another file")
             return
-        if path.exists():
+        if st is not None:
             raise UserError(f"{what}: {path} is not a regular file; point at a database file")
         if must_exist:
             raise UserError(f"{what}: no database at {path}; check the path")

@@ -5,7 +5,7 @@ By default every one of them is relative to the current directory (`.cache/micro
 and the relative `output_dir` / `cache_dir` of a job, then resolve against that folder instead, so runs
 started from any directory share one cache, ledger and MLflow. Explicit URLs and absolute paths
 (`--ledger`, `--tracking-uri`, `$MICRODRAMA_LEDGER`, `$MLFLOW_TRACKING_URI`, `output_dir=/data/out`)
-always win. See docs/state.md.
+always win. See "Where state lives" in README.md.
 """
 from __future__ import annotations
 

@@ -146,3 +146,22 @@ def test_voice_hints_are_checked_against_what_the_backend_reads(tmp_path: Path, 
     assert load_job(write_job(tmp_path, BASE), ["stages.dub.backend=piper", "stages.dub.voices.ANNA.pitch=40"])
     with pytest.raises(JobError, match=r"ANNA\.pitch: must be a whole number in \[0, 99\]"):
         load_job(write_job(tmp_path, BASE), ["stages.dub.backend=piper", "stages.dub.voices.ANNA.pitch=400"])
+
+
+def test_another_profiles_episode_is_not_replaced_silently(tmp_path: Path) -> None:
+    """A `tiny` run over a published `preview-cpu` episode is refused before any work, naming both profiles
+    and the two fixes; the same profile re-publishes as before, and another output_dir is free."""
+    import json
+
+    path = write_job(tmp_path, BASE)
+    out = tmp_path / "out"
+    folder = out / "d" / "e1"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"profile": "preview-cpu", "run_id": "r1"}), "utf-8")
+    assert load_job(path, [f"output_dir={out}"]).profile == "preview-cpu"  # the same profile: replaced as always
+    with pytest.raises(JobError) as exc:
+        load_job(path, [f"output_dir={out}", "profile=tiny"])
+    text = str(exc.value)
+    assert "holds a 'preview-cpu' episode and this job renders profile 'tiny'" in text
+    assert f"output_dir={out / 'tiny'}" in text and f"delete {folder}" in text
+    assert load_job(path, [f"output_dir={out / 'tiny'}", "profile=tiny"]).profile == "tiny"
