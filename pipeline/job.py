@@ -614,6 +614,21 @@ def _series_problems(job: Job) -> list[str]:
     return []
 
 
+def _move_problems(job: Job) -> list[str]:
+    """A panel that draws text keeps it clear of any camera move up to its `move_margin`
+    (pipeline/layout.py): a larger move would crop it or carry it under the subtitles or the AI label."""
+    sb, video = job.stages.storyboard, job.stages.video
+    if sb.backend != "procedural" or video.backend != "camera-move":
+        return []
+    margin = float((sb.options or {}).get("move_margin", 0.10))
+    amount = float((video.options or {}).get("amount", 0.10))
+    if amount > margin + 1e-9:
+        return [f"stages.video.options.amount: {amount:g} moves the panel further than its text is kept "
+                f"clear for (stages.storyboard.options.move_margin {margin:g}); lower amount or raise "
+                f"move_margin to {amount:g}"]
+    return []
+
+
 def validate(job: Job) -> list[str]:
     """Cross-field and filesystem checks, collecting every problem (STYLE item 4)."""
     from models.registry import BACKENDS
@@ -673,6 +688,7 @@ def validate(job: Job) -> list[str]:
     for section, settings in job.stages.backends().items():
         problems += _options_problems(section, settings)
     problems += _delivery_problems(job)
+    problems += _move_problems(job)
     dub_langs = job.stages.dub.languages or job.languages
     extra = [x for x in dub_langs if x not in job.languages]
     if extra:

@@ -20,6 +20,8 @@ from typing import Any
 
 import pysubs2
 
+from pipeline import layout
+
 CJK = ("zh", "ja", "ko", "yue")
 _CJK_BREAKS = "，。！？；：、…—,.!?;:"
 _SENTENCE = re.compile(r"(?<=[。！？!?.…])\s*")
@@ -148,8 +150,10 @@ def write_srt(path: Path, evs: list[tuple[float, float, str]]) -> None:
 
 
 def write_ass(path: Path, evs: list[tuple[float, float, str]], *, font: str, width: int = 1080,
-              height: int = 1920, size: int = 64, margin_v: int = 300) -> None:
-    """ASS with one style; bottom margin keeps lines clear of platform UI on vertical players."""
+              height: int = 1920, size: int = layout.SUBTITLE_FONT_PX) -> None:
+    """ASS with one style, bottom-aligned in `layout.SUBTITLES`: above the players' bottom band, left of
+    their button column, clear of the AI label."""
+    margins = layout.subtitle_margins(width, height)
     subs = _file(evs, ass=True)
     subs.info.update({"PlayResX": str(width), "PlayResY": str(height), "WrapStyle": "0",
                       "ScaledBorderAndShadow": "yes"})
@@ -157,7 +161,7 @@ def write_ass(path: Path, evs: list[tuple[float, float, str]], *, font: str, wid
         fontname=font, fontsize=size, primarycolor=pysubs2.Color(255, 255, 255, 0),
         secondarycolor=pysubs2.Color(255, 0, 0, 0), outlinecolor=pysubs2.Color(0, 0, 0, 0),
         backcolor=pysubs2.Color(0, 0, 0, 0x64), bold=True, borderstyle=1, outline=4, shadow=1,
-        alignment=pysubs2.Alignment.BOTTOM_CENTER, marginl=60, marginr=60, marginv=margin_v, encoding=1)
+        alignment=pysubs2.Alignment.BOTTOM_CENTER, encoding=1, **margins)
     subs.save(str(path), format_="ass", encoding="utf-8")
 
 

@@ -81,14 +81,20 @@ def test_loudness_is_minus_14_lufs(demo_run) -> None:
 
 
 def test_visible_label_on_opening_frames(demo_run) -> None:
-    """The 'AI生成' box is drawn in the top-right for the first seconds and gone afterwards."""
+    """The 'AI生成' box is drawn in its place of the layout (top right, inside the players' safe area) for
+    the first seconds and gone afterwards."""
     import numpy as np
+
+    from pipeline.layout import LABEL
+
+    x0, y0, x1, y1 = LABEL.px()
+    box = f"crop={x1 - x0}:{y1 - y0}:{x0}:{y0}"
 
     path = demo_run["job"].out_path / "episode.mp4"
 
     def region(t: float) -> "np.ndarray":
         raw = subprocess.run(["ffmpeg", "-v", "error", "-ss", str(t), "-i", str(path), "-frames:v", "1",
-                              "-vf", "crop=400:200:680:60", "-f", "rawvideo", "-pix_fmt", "gray", "-"],
+                              "-vf", box, "-f", "rawvideo", "-pix_fmt", "gray", "-"],
                              capture_output=True, check=True).stdout
         return np.frombuffer(raw, dtype=np.uint8).astype(float)
 
@@ -106,7 +112,7 @@ def test_visible_label_on_opening_frames(demo_run) -> None:
 
     def unlabelled(t: float) -> "np.ndarray":
         vf = (f"scale={w}:{h}:force_original_aspect_ratio=increase:flags=lanczos,crop={w}:{h},"
-              "crop=400:200:680:60")
+              f"{box}")
         raw = subprocess.run(["ffmpeg", "-v", "error", "-ss", str(t), "-i", clip, "-frames:v", "1", "-vf", vf,
                               "-f", "rawvideo", "-pix_fmt", "gray", "-"], capture_output=True, check=True).stdout
         return np.frombuffer(raw, dtype=np.uint8).astype(float)

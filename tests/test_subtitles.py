@@ -73,5 +73,5 @@ def test_files_read_back_with_pysubs2(tmp_path):
     written = (tmp_path / "a.srt").read_text("utf-8")  # pysubs2's reader takes {…} for tags: look at the file
     assert all(f"{t}\n" in written for _, _, t in evs) and "{brace}" in written
     assert [(e.start, e.end) for e in ass] == [(round(a * 100) * 10, round(b * 100) * 10) for a, b, _ in evs]  # cs
-    assert ass.info["PlayResY"] == "1920" and ass.styles["Default"].marginv == 300
+    assert ass.info["PlayResY"] == "1920" and ass.styles["Default"].marginv == 1920 - 1545
     assert "\\{brace\\}" in (tmp_path / "a.ass").read_text("utf-8")  # literal braces, not an override block

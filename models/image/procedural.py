@@ -11,11 +11,13 @@ from PIL import Image, ImageDraw, ImageFont
 from models import options as opt
 from models.image import sketch
 from models.registry import BackendResult
+from pipeline import layout
 from pipeline.script import Script, Shot
 
 _FONT_FAMILY = "Noto Sans CJK SC"
 _SET_BLUR = {"close": 0.004, "extreme-close": 0.007, "over-shoulder": 0.003}
-_SAFE_X, _SAFE_Y = 0.05, 0.045  # text stays inside this margin so camera moves rarely crop it
+_NO_LINE_START = set("，。、；：！？）」』】》…,.;:!?)")
+GAP = 0.012  # between text boxes, a fraction of the height
 
 
 @functools.lru_cache(maxsize=8)
@@ -41,6 +43,7 @@ class ProceduralOptions(opt.BackendOptions):
     supersample: opt.Literal[1, 2, 3, 4] = 2
     caption: opt.Literal["top", "bottom", "none"] = "top"
     header: bool = True
+    move_margin: float = opt.Field(0.10, ge=0, le=0.3)  # the largest camera-move amount the text survives
 
 
 class ProceduralStoryboard:
@@ -49,14 +52,19 @@ class ProceduralStoryboard:
     Options: ``font``/``bold_font`` (font file paths; default Noto Sans CJK SC via fc-match),
     ``font_index`` (face index in a .ttc), ``supersample`` (anti-aliasing factor for shapes, default 2),
     ``caption`` ("top" — under the header, keeping the lower third clear for subtitles — "bottom" or
-    "none"), ``header`` (bool, default True).
+    "none"), ``header`` (bool, default True), ``move_margin`` (default 0.10: the largest camera move —
+    `stages.video.options.amount` — the panel's text survives).
+
+    Every piece of text (header, caption, name tags) lies in `pipeline.layout.panel_text_area` and out of
+    the keep-outs of the AI label and the subtitles, so no camera move of up to ``move_margin`` crops it,
+    puts it under a player's UI or under an overlay of the edit; the boxes are in the result's params.
     """
 
     Options = ProceduralOptions
     resident = False
 
     def __init__(self, *, font: str | None = None, bold_font: str | None = None, font_index: int = 0,
-                 supersample: int = 2, caption: str = "top", header: bool = True) -> None:
+                 supersample: int = 2, caption: str = "top", header: bool = True, move_margin: float = 0.10) -> None:
         if caption not in ("top", "bottom", "none"):
             raise ValueError(f"storyboard procedural: caption must be top, bottom or none, got {caption!r}")
         if supersample not in (1, 2, 3, 4):
@@ -68,6 +76,7 @@ class ProceduralStoryboard:
                 raise FileNotFoundError(f"storyboard procedural: font file {path!r} does not exist")
         self.regular, self.bold = regular, bold
         self.supersample, self.caption, self.header = supersample, caption, header
+        self.move_margin = float(move_margin)
 
     def render(self, shot: Shot, script: Script, out_path: Path, *, width: int, height: int,
                seed: int) -> BackendResult:
@@ -76,16 +85,29 @@ class ProceduralStoryboard:
         image, figures = self._scene(shot, script, width, height, seed)
         overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))
         draw = ImageDraw.Draw(overlay)
-        top = self._draw_header(draw, shot, script, width, height) if self.header else _SAFE_Y * height
+        area = layout.panel_text_area(self.move_margin)
+        label = layout.panel_keep_out(layout.LABEL, self.move_margin)
+        subs = layout.panel_keep_out(layout.SUBTITLES, self.move_margin)
+        boxes: list[dict] = []
+        top = max(area.y0, label.y1 + GAP) * height  # below every place the AI label can reach
+        floor = subs.y0 * height  # above every place the subtitles can reach
+        if self.header:
+            top = self._draw_header(draw, shot, script, width, height, area, top, boxes) + GAP * height
+        tag_h = self._tag_height(width)
         if self.caption != "none":
-            self._draw_caption(draw, _caption_text(shot), width, height, top)
-        self._draw_labels(draw, figures, width, height)
+            room = floor - top - tag_h - 2 * GAP * height  # keep a row for the name tags
+            y_bottom = self._draw_caption(draw, _caption_text(shot), width, height, area, top, floor, room, boxes)
+            if self.caption == "top" and y_bottom:
+                top = y_bottom + GAP * height
+        self._draw_labels(draw, figures, width, height, area, top, floor, boxes)
         image = Image.alpha_composite(image.convert("RGBA"), overlay).convert("RGB")
         image.save(out_path, format="PNG", compress_level=6)
         return BackendResult(
             outputs={"image": str(out_path)},
             params={"font": self.regular[0], "seed": seed, "width": width, "height": height,
-                    "framing": shot.framing, "supersample": self.supersample, "caption": self.caption},
+                    "framing": shot.framing, "supersample": self.supersample, "caption": self.caption,
+                    "move_margin": self.move_margin,
+                    "text_boxes": [{**b, "box": [round(v, 5) for v in b["box"]]} for b in boxes]},
         )
 
     # --- picture ------------------------------------------------------------------------------------
@@ -109,59 +131,79 @@ class ProceduralStoryboard:
         path, index = self.bold if bold else self.regular
         return _load_font(path, index, max(8, round(size)))
 
-    def _draw_header(self, draw: ImageDraw.ImageDraw, shot: Shot, script: Script, width: int,
-                     height: int) -> float:
-        """Dark band with the scene heading and shot id · framing · camera; returns its bottom edge."""
+    def _draw_header(self, draw: ImageDraw.ImageDraw, shot: Shot, script: Script, width: int, height: int,
+                     area: layout.Rect, y: float, boxes: list[dict]) -> float:
+        """Scene heading and shot id · framing · camera on a dark box; returns the box's bottom edge."""
         unit = width / 1080
-        left, max_w = _SAFE_X * width, width * (1 - 2 * _SAFE_X)
+        pad = 14 * unit
+        left, max_w = area.x0 * width + pad, (area.x1 - area.x0) * width - 2 * pad
         head_font = self._fit(_heading(shot, script), 50 * unit, max_w, bold=True)
         sub_font = self._font(34 * unit)
-        y = _SAFE_Y * height
-        bottom = y + head_font.size * 1.3 + sub_font.size * 1.5
-        draw.rectangle((0, 0, width, bottom + 14 * unit), fill=(0, 0, 0, 150))
-        draw.text((left, y), _ellipsize(_heading(shot, script), head_font, max_w), font=head_font,
-                  fill=(255, 255, 255, 255))
         sub = f"{shot.id}  ·  {shot.framing.upper()}  ·  {shot.camera.upper()}"
         if shot.duration_s:
             sub += f"  ·  {shot.duration_s:g}s"
-        draw.text((left, y + head_font.size * 1.3), _ellipsize(sub, sub_font, max_w), font=sub_font,
-                  fill=(255, 214, 102, 255))
-        return bottom + 14 * unit
+        head, sub = _ellipsize(_heading(shot, script), head_font, max_w), _ellipsize(sub, sub_font, max_w)
+        bottom = y + 2 * pad + head_font.size * 1.3 + sub_font.size * 1.25
+        text_w = max(head_font.getlength(head), sub_font.getlength(sub))
+        box = (area.x0 * width, y, area.x0 * width + text_w + 2 * pad, bottom)
+        draw.rounded_rectangle(box, radius=12 * unit, fill=(0, 0, 0, 150))
+        draw.text((left, y + pad), head, font=head_font, fill=(255, 255, 255, 255))
+        draw.text((left, y + pad + head_font.size * 1.3), sub, font=sub_font, fill=(255, 214, 102, 255))
+        boxes.append({"kind": "header", "box": _frac(box, width, height)})
+        return bottom
 
-    def _draw_caption(self, draw: ImageDraw.ImageDraw, text: str, width: int, height: int,
-                      top: float) -> None:
+    def _draw_caption(self, draw: ImageDraw.ImageDraw, text: str, width: int, height: int, area: layout.Rect,
+                      top: float, floor: float, room: float, boxes: list[dict]) -> float | None:
+        """The action caption in a box under the header (or just above the subtitles' reach); returns its
+        bottom edge. It gets at most the lines that fit `room`."""
         if not text:
-            return
+            return None
         unit = width / 1080
         font = self._font(38 * unit)
-        pad, left = 22 * unit, _SAFE_X * width
-        lines = wrap_text(text, font, width * (1 - 2 * _SAFE_X) - 2 * pad, max_lines=5)
+        pad, left, right = 22 * unit, area.x0 * width, area.x1 * width
         line_h = font.size * 1.4
+        fit = int((room - 2 * pad + (line_h - font.size)) // line_h)
+        lines = wrap_text(text, font, right - left - 2 * pad, max_lines=max(1, min(5, fit)))
         box_h = len(lines) * line_h + 2 * pad - (line_h - font.size)
-        y0 = top + 18 * unit if self.caption == "top" else height * (1 - _SAFE_Y) - box_h
-        draw.rounded_rectangle((left, y0, width - left, y0 + box_h), radius=18 * unit, fill=(12, 12, 20, 170))
+        y0 = top if self.caption == "top" else floor - GAP * height - box_h
+        box = (left, y0, right, y0 + box_h)
+        draw.rounded_rectangle(box, radius=18 * unit, fill=(12, 12, 20, 170))
         for i, line in enumerate(lines):
             draw.text((left + pad, y0 + pad + i * line_h), line, font=font, fill=(245, 245, 245, 255))
+        boxes.append({"kind": "caption", "box": _frac(box, width, height)})
+        return y0 + box_h
+
+    def _tag_height(self, width: int) -> float:
+        unit = width / 1080
+        return 34 * unit * 1.25 + 16 * unit
 
     def _draw_labels(self, draw: ImageDraw.ImageDraw, figures: list[sketch.Figure], width: int,
-                     height: int) -> None:
+                     height: int, area: layout.Rect, top: float, floor: float, boxes: list[dict]) -> None:
+        """Name tags under (or, for small figures, above) the heads, moved into the band between the
+        header/caption and the subtitles' reach, and inside the text area."""
         unit = width / 1080
         font = self._font(34 * unit, bold=True)
+        taken = [b["box"] for b in boxes]
         for fig in figures:
             label = fig.name
             text_w = font.getlength(label)
             pad_x, pad_y = 16 * unit, 8 * unit
-            if fig.r < 0.05:  # small figures: label above the head
-                cy = (fig.head_y - 1.6 * fig.r) * height - font.size
-            else:
-                cy = (fig.head_y + 2.6 * fig.r) * height
-            cy = min(max(cy, 0.25 * height), 0.86 * height)
-            cx = min(max(fig.cx * width, _SAFE_X * width + text_w / 2 + pad_x),
-                     width * (1 - _SAFE_X) - text_w / 2 - pad_x)
-            box = (cx - text_w / 2 - pad_x, cy - pad_y, cx + text_w / 2 + pad_x, cy + font.size * 1.25 + pad_y)
+            box_h = font.size * 1.25 + 2 * pad_y
+            # above the head (the chest, where a tag used to go, is where the subtitles are); a close-up's
+            # head reaches higher than the caption, so its tag sits just under the caption, over the hair
+            cy = (fig.head_y - 1.35 * fig.r) * height - box_h + pad_y
+            cy = min(max(cy, top + pad_y), floor - GAP * height - box_h + pad_y)
+            cx = min(max(fig.cx * width, area.x0 * width + text_w / 2 + pad_x),
+                     area.x1 * width - text_w / 2 - pad_x)
+            box = (cx - text_w / 2 - pad_x, cy - pad_y, cx + text_w / 2 + pad_x, cy - pad_y + box_h)
+            frac = _frac(box, width, height)
+            if any(layout.Rect(*frac).intersects(layout.Rect(*t)) for t in taken):
+                continue  # two figures side by side: one tag would sit on the other (the figure shows who)
             draw.rounded_rectangle(box, radius=font.size * 0.6, fill=(*sketch.shade(fig.clothes, 0.55), 225),
                                    outline=(255, 255, 255, 200), width=max(1, round(2 * unit)))
             draw.text((cx - text_w / 2, cy), label, font=font, fill=(255, 255, 255, 255))
+            boxes.append({"kind": "name", "name": label, "box": frac})
+            taken.append(frac)
 
     def _fit(self, text: str, size: float, max_w: float, *, bold: bool = False) -> ImageFont.FreeTypeFont:
         """The largest font ≤ size (down to 60 %) that fits text on one line."""
@@ -172,6 +214,10 @@ class ProceduralStoryboard:
 
 
 @functools.lru_cache(maxsize=64)
+def _frac(box: tuple[float, float, float, float], width: int, height: float) -> list[float]:
+    return [box[0] / width, box[1] / height, box[2] / width, box[3] / height]
+
+
 def _load_font(path: str, index: int, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size=size, index=index)
 
@@ -222,6 +268,12 @@ def _tokens(text: str) -> list[str]:
     tokens: list[str] = []
     word = ""
     for ch in text:
+        if ch in _NO_LINE_START and (word or tokens):  # kinsoku: closing punctuation never starts a line
+            if word:
+                word += ch
+            else:
+                tokens[-1] += ch
+            continue
         if ord(ch) >= 0x2E80 or ch.isspace():
             if word:
                 tokens.append(word)

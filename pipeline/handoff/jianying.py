@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pipeline import layout
+
 # pyJianYingDraft reads media through pymediainfo, whose libmediainfo keeps process-wide options: two drafts
 # read at once from the threads of one batch driver got an empty XML report ("syntax error: line 1, column 0")
 # or an empty "video width". One reader at a time.
@@ -21,6 +23,11 @@ _MEDIAINFO = threading.Lock()
 def us(frame: int, fps: int) -> int:
     """A frame boundary in microseconds."""
     return round(frame * 1_000_000 / fps)
+
+
+def _centre(rect: Any) -> dict[str, float]:
+    """JianYing's transform of a segment centred on a layout rectangle (frame centre 0, edges ±1, y up)."""
+    return {"transform_x": round((rect.x0 + rect.x1) - 1, 4), "transform_y": round(1 - (rect.y0 + rect.y1), 4)}
 
 
 def span(a: int, n: int, fps: int) -> Any:
@@ -73,12 +80,12 @@ def write(doc: dict[str, Any], folder: Path, name: str, *, staging: str | None =
         style = jy.TextStyle(size=7.0, align=1, auto_wrapping=True)
         for a, b, text in evs:
             script.add_segment(jy.TextSegment(text, span(a, max(1, b - a), fps), style=style,
-                                              clip_settings=jy.ClipSettings(transform_y=-0.62)), f"subtitles-{lang}")
+                                              clip_settings=jy.ClipSettings(**_centre(layout.SUBTITLES))), f"subtitles-{lang}")
     label = doc["label"]
     script.add_segment(jy.TextSegment(label["text"], span(0, min(label["frames"], doc["frames"]), fps),
                                       style=jy.TextStyle(size=6.0, align=2),
                                       background=jy.TextBackground(color="#000000", alpha=0.5),
-                                      clip_settings=jy.ClipSettings(transform_x=0.72, transform_y=0.8)), "ai-label")
+                                      clip_settings=jy.ClipSettings(**_centre(layout.LABEL))), "ai-label")
     script.save()
     draft = folder / name
     _meta(draft, name, doc, cover)

@@ -11,20 +11,23 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline.cache import place
+from pipeline import layout
 from pipeline.handoff import jianying, otio_timeline, timeline
 
 
 def label_png(doc: dict[str, Any], font_path: str, out: Path) -> str:
-    """The visible AI label as the master draws it (56 px, white on a 50% black box, top right), on a
+    """The visible AI label as the master draws it (white on a 50% black box in layout.LABEL), on a
     transparent full frame, so an editor lays it over the picture unchanged."""
     w, h = doc["width"], doc["height"]
     img = Image.new("RGBA", (w, h), (0, 0, 0, 0))
     draw = ImageDraw.Draw(img)
-    font = ImageFont.truetype(font_path, 56)
     text = doc["label"]["text"]
+    font = ImageFont.truetype(font_path, layout.label_font_px(text, font_path) or layout.LABEL_MIN_FONT_PX)
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    x, y = w - (right - left) - 56, 120
-    draw.rectangle((x - 16, y - 16, x + (right - left) + 16, y + (bottom - top) + 16 + top), fill=(0, 0, 0, 128))
+    _, y0, x1, _ = layout.LABEL.px(w, h)
+    pad = layout.LABEL_PAD_PX
+    x, y = x1 - pad - (right - left), y0 + pad
+    draw.rectangle((x - pad, y - pad, x + (right - left) + pad, y + (bottom - top) + pad + top), fill=(0, 0, 0, 128))
     draw.text((x, y), text, font=font, fill=(255, 255, 255, 255))
     img.save(out)
     return str(out)

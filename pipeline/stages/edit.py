@@ -26,7 +26,7 @@ from pipeline.handoff.timeline import apply_trims
 from pipeline.job import Job
 from pipeline.stages import StageCall, StageRun
 from pipeline.stages.dub import SAMPLE_RATE, read_wav, write_audio
-from pipeline import subtitles as subtitle_rules
+from pipeline import layout, subtitles as subtitle_rules
 from pipeline.subtitles import events, write_ass, write_srt
 
 VERSION = 1
@@ -178,9 +178,12 @@ def build_graph(job: Job, clips: list[str], tracks: dict[str, str], loud: dict[s
     if e.burn_subtitles and has_lines.get(job.primary_language):
         video = video.filter("subtitles", subs[job.primary_language]["ass"],
                              fontsdir=str(Path(font_file(e.font)).parent))
-    video = video.filter("drawtext", text=e.label_text, fontfile=font_file(e.font), fontsize=56,
-                         fontcolor="white", box=1, boxcolor="black@0.5", boxborderw=16,
-                         x="w-tw-56", y=120, enable=f"not(floor(t/{e.label_seconds}))")  # 1 while t < label_seconds; no commas
+    x0, y0, x1, _ = layout.LABEL.px(e.width, e.height)  # inside the platform safe area, clear of subtitles
+    size = layout.label_font_px(e.label_text, font_file(e.font)) or layout.LABEL_MIN_FONT_PX  # validate checked
+    video = video.filter("drawtext", text=e.label_text, fontfile=font_file(e.font), fontsize=size,
+                         fontcolor="white", box=1, boxcolor="black@0.5", boxborderw=layout.LABEL_PAD_PX,
+                         x=f"{x1 - layout.LABEL_PAD_PX}-tw", y=y0 + layout.LABEL_PAD_PX,
+                         enable=f"not(floor(t/{e.label_seconds}))")  # 1 while t < label_seconds; no commas
     video = video.filter("format", "yuv420p")
     streams, opts = [video], {}
     for i, (lang, wav) in enumerate(tracks.items()):
