@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import unicodedata
@@ -614,14 +615,23 @@ def _series_problems(job: Job) -> list[str]:
     return []
 
 
+def _or_default(value: Any, default: float) -> Any:
+    return default if value is None else value
+
+
 def _move_problems(job: Job) -> list[str]:
     """A panel that draws text keeps it clear of any camera move up to its `move_margin`
     (pipeline/layout.py): a larger move would crop it or carry it under the subtitles or the AI label."""
     sb, video = job.stages.storyboard, job.stages.video
     if sb.backend != "procedural" or video.backend != "camera-move":
         return []
-    margin = float((sb.options or {}).get("move_margin", 0.10))
-    amount = float((video.options or {}).get("amount", 0.10))
+    try:  # null is the backend's default; anything else the schemas refuse is named by them
+        margin = float(_or_default((sb.options or {}).get("move_margin"), 0.10))
+        amount = float(_or_default((video.options or {}).get("amount"), 0.10))
+    except (TypeError, ValueError, AttributeError):
+        return []
+    if not (math.isfinite(margin) and math.isfinite(amount)):
+        return []
     if amount > margin + 1e-9:
         return [f"stages.video.options.amount: {amount:g} moves the panel further than its text is kept "
                 f"clear for (stages.storyboard.options.move_margin {margin:g}); lower amount or raise "

@@ -163,6 +163,7 @@ def test_accepted_options_build_the_backend(job_dir: Path) -> None:
 
     job = load(job_dir, BASE, ["stages.video.options.amount=0.25", "stages.video.options.preset=veryfast",
                                "stages.storyboard.options.caption=bottom", "stages.storyboard.options.header=false",
+                               "stages.storyboard.options.move_margin=0.25",
                                "stages.dub.options.voices={en: en-gb}"])
     assert [p for p in preflight(job) if "options" in p] == []
 

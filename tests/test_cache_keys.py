@@ -199,7 +199,7 @@ JOB_CHANGES = {
     "storyboard backend": (["stages.storyboard.backend=flux-tiny"], VISUAL | {"edit"}),
     "storyboard options": (["stages.storyboard.options={caption: bottom}"], VISUAL | {"edit"}),
     "video size": (["stages.video.width=288", "stages.video.height=512"], VIDEO | {"edit"}),
-    "video options": (["stages.video.options={amount: 0.2}"], VIDEO | {"edit"}),
+    "video options": (["stages.video.options={amount: 0.05}"], VIDEO | {"edit"}),
     "fps": (["stages.video.fps=12"], per_shot(*SHOTS, stages=("dub", "video")) | {"edit"}),  # frames snap
     "voice backend options": ([f"stages.{TTS}.options={{sample_rate: 24000}}"],
                               per_shot(*SHOTS, stages=("dub", "video")) | {"edit"}),

@@ -236,7 +236,7 @@ def test_a_custom_resource_no_node_has_is_refused_before_any_work(tmp_path, ray_
     ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
     res = cli("run", str(path), *places(tmp_path), "--quiet", "--ledger", ledger,
               "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert res.exit_code == 2 and "stages.video.resources.gpu-farm: no live node" in res.output, res.output
+    assert res.exit_code == 2 and "stages.video.resources.gpu-farm: no node of this Ray cluster (live or in an autoscaling group)" in res.output, res.output
     assert not (tmp_path / "out").exists() and not ledger_entries(ledger, "usage")
     bad = write_job(tmp_path / "bad", stages={"video": {"resources": {"GPU": 1}}})
     res = cli("validate", str(bad), *places(tmp_path))

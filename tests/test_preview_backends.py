@@ -64,9 +64,14 @@ def test_panel_size_and_deterministic(tmp_path):
 
 def test_panel_renders_cjk_glyphs_not_tofu(tmp_path):
     # Missing glyphs all draw the same box, so two different CJK captions of equal length would match.
+    from pipeline.layout import panel_keep_out, LABEL
+
+    # caption="top": under the header, which sits under the AI label's reach (pipeline/layout.py)
+    top = round(panel_keep_out(LABEL, 0.10).y1 * 960)
+
     def caption_pixels(action: str, name: str) -> np.ndarray:
         panel = render_panel(tmp_path, make_shot(action=action, lines=()), name, (540, 960))
-        return np.asarray(Image.open(panel), np.int16)[96:200, 27:513]  # caption="top": under the header
+        return np.asarray(Image.open(panel), np.int16)[top:top + 200, 27:513]
 
     one, two = caption_pixels("林小雨推门而入。", "1.png"), caption_pixels("陈默抬头看着她。", "2.png")
     empty = caption_pixels("", "0.png")
