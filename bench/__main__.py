@@ -4,8 +4,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["bench.bench_claims", "bench.bench_edit", "bench.bench_metering", "bench.bench_resident", "bench.bench_scale",
-           "bench.bench_screenplay"]
+BENCHES = ["bench.bench_claims", "bench.bench_edit", "bench.bench_identity", "bench.bench_metering",
+           "bench.bench_resident", "bench.bench_scale", "bench.bench_screenplay", "bench.bench_voices"]
 
 
 def main(argv: list[str]) -> int:

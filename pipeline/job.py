@@ -615,6 +615,22 @@ def _series_problems(job: Job) -> list[str]:
     return []
 
 
+def _label_fit_problems(job: Job) -> list[str]:
+    """The visible AI label must fit its place in the frame (pipeline/layout.py) at a readable size."""
+    from pipeline import layout
+    from pipeline.stages.edit import font_file
+
+    e = job.stages.edit
+    try:
+        fits = layout.label_font_px(e.label_text, font_file(e.font)) is not None
+    except (RuntimeError, OSError):  # a missing font: preflight names it
+        return []
+    if fits:
+        return []
+    return [f"stages.edit.label_text: {e.label_text!r} does not fit the label's place (450 px wide, top "
+            f"right) even at {layout.LABEL_MIN_FONT_PX} px; shorten it, e.g. AI生成"]
+
+
 def _or_default(value: Any, default: float) -> Any:
     return default if value is None else value
 
@@ -699,6 +715,7 @@ def validate(job: Job) -> list[str]:
         problems += _options_problems(section, settings)
     problems += _delivery_problems(job)
     problems += _move_problems(job)
+    problems += _label_fit_problems(job)
     dub_langs = job.stages.dub.languages or job.languages
     extra = [x for x in dub_langs if x not in job.languages]
     if extra:

@@ -54,7 +54,7 @@ PLATFORM_UI = (TOP_UI, RIGHT_UI, BOTTOM_UI)
 SAFE = Rect.of_px(60, 150, 930, 1560)  # clear of all of them, 60 px from the left edge
 
 # the edit's overlays, inside SAFE and apart from each other
-LABEL = Rect.of_px(630, 170, 930, 262)  # the visible AI label: right-aligned, 56 px text on a 50 % box
+LABEL = Rect.of_px(480, 170, 930, 262)  # the visible AI label: right-aligned, 56 px text on a 50 % box
 LABEL_FONT_PX, LABEL_PAD_PX = 56, 16
 SUBTITLES = Rect.of_px(60, 1290, 930, 1545)  # two lines of 64 px text, bottom-aligned
 SUBTITLE_FONT_PX = 64

@@ -19,3 +19,21 @@ def integrated_loudness(path: Path, stream: int = 0) -> float:
                           "-af", "ebur128", "-f", "null", "-"], capture_output=True, text=True).stderr
     summary = err[err.rindex("Summary:"):]
     return float(re.search(r"I:\s+(-?[\d.]+) LUFS", summary).group(1))
+
+
+def voice_clip(path: Path, seconds: float = 4.0, rate: int = 24000, pitch: float = 180.0) -> Path:
+    """A voiced-sounding mono clip (a harmonic tone with a syllable-rate envelope) for a cloning TTS to
+    clone from: the voice tests' and the voices benchmark's reference."""
+    import wave
+
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    tone = sum(np.sin(2 * np.pi * pitch * k * t) / k for k in range(1, 6))
+    wav = 0.2 * tone * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t)) / 2.3
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((wav * 32767).astype("<i2").tobytes())
+    return path

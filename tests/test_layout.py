@@ -77,3 +77,17 @@ def test_a_camera_move_larger_than_the_panels_margin_is_refused(tmp_path):
     job = load_job(tmp_path / "job.yaml", ["stages.video.options={amount: 0.25}",
                                            "stages.storyboard.options={move_margin: 0.25}"])
     assert job.stages.video.options["amount"] == 0.25
+
+
+def test_the_label_fits_its_place_or_is_refused(tmp_path):
+    from pipeline.errors import JobError
+    from pipeline.job import load_job
+    from pipeline.stages.edit import font_file
+
+    font = font_file("Noto Sans CJK SC")
+    assert layout.label_font_px("AI生成", font) == 56  # the default at full size
+    assert layout.LABEL_MIN_FONT_PX <= layout.label_font_px("人工智能生成内容", font) < 56
+    (tmp_path / "ep.fountain").write_text("Title: t\nLanguage: zh\n\n内景. 办公室 - 夜\n\n林晓\n签了它。\n", "utf-8")
+    (tmp_path / "job.yaml").write_text("drama: d\nepisode: e\nscreenplay: ep.fountain\n", "utf-8")
+    with pytest.raises(JobError, match=r"stages\.edit\.label_text: .* does not fit the label's place"):
+        load_job(tmp_path / "job.yaml", ["stages.edit.label_text=本视频由AI人工智能技术生成请注意甄别"])

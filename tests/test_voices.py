@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from models.registry import resolve
+from tests.media import voice_clip
 
 pytest.importorskip("f5_tts", reason="f5-tts is in the models extra")  # installed in the project venv
 
@@ -18,17 +19,7 @@ LINE = "签了它，我们明天再谈。"  # 11 characters, 33 UTF-8 bytes
 CLIP_TEXT = "今天天气很好，我们一起走吧。"  # 14 characters, 42 bytes
 
 
-def clip(path: Path, seconds: float = 4.0, rate: int = 24000, pitch: float = 180.0) -> Path:
-    """A voiced-sounding mono clip (a harmonic tone with a syllable-rate envelope) to clone from."""
-    t = np.arange(int(seconds * rate)) / rate
-    tone = sum(np.sin(2 * np.pi * pitch * k * t) / k for k in range(1, 6))
-    wav = 0.2 * tone * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t)) / 2.3
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((wav * 32767).astype("<i2").tobytes())
-    return path
+clip = voice_clip  # tests/media.py
 
 
 def sha(path: str | Path) -> str:
