@@ -91,3 +91,16 @@ def test_the_label_fits_its_place_or_is_refused(tmp_path):
     (tmp_path / "job.yaml").write_text("drama: d\nepisode: e\nscreenplay: ep.fountain\n", "utf-8")
     with pytest.raises(JobError, match=r"stages\.edit\.label_text: .* does not fit the label's place"):
         load_job(tmp_path / "job.yaml", ["stages.edit.label_text=本视频由AI人工智能技术生成请注意甄别"])
+
+
+def test_a_tiny_panel_with_a_long_heading_renders(tmp_path):
+    """144×256 (the tests' and tuning notebooks' size): the heading cannot shrink below the smallest font, so
+    it is ellipsized instead of shrinking for ever (it hung before)."""
+    from models.registry import resolve
+    from pipeline import screenplay
+
+    script = screenplay.parse("Title: t\nLanguage: zh\n\n内景. 怀柔 顾氏集团 总裁办公室 走廊尽头的会议室 - 夜\n\n林晓\n签了它。\n")
+    r = resolve("storyboard", "procedural")().render(script.shots[0], script, tmp_path / "p.png", width=144,
+                                                     height=256, seed=1)
+    area = layout.panel_text_area(0.10)
+    assert all(area.contains(Rect(*(v for v in b["box"]))) or b["kind"] == "name" for b in r.params["text_boxes"])

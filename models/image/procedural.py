@@ -209,7 +209,10 @@ class ProceduralStoryboard:
         """The largest font ≤ size (down to 60 %) that fits text on one line."""
         font = self._font(size, bold)
         while font.getlength(text) > max_w and font.size > size * 0.6:
-            font = self._font(font.size - 2, bold)
+            smaller = self._font(font.size - 2, bold)
+            if smaller.size >= font.size:  # at the smallest size already (tiny panels): the caller ellipsizes
+                break
+            font = smaller
         return font
 
 
