@@ -29,7 +29,7 @@ class ImageSpec:
 
     name: str
     model_id: str | None  # None: the tiny random pipeline from models.tiny
-    pipeline: str  # "flux" | "sdxl"
+    pipeline: str  # "flux" | "sdxl"; reference.py: "kontext" | "sdxl-ip"
     steps: int
     guidance: float
     dtype: str = "float32"

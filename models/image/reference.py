@@ -10,12 +10,12 @@ and says so in its params. `render(..., try_index=n)` draws another seed for the
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from models import hub, options as opt
-from models.image.diffusers_t2i import NEGATIVE, KeyframeOptions, character_seed, check_size, keyframe_prompt, retry_seed
+from models.image.diffusers_t2i import (NEGATIVE, ImageSpec, KeyframeOptions, character_seed, check_size,
+                                       keyframe_prompt, retry_seed)
 from models.registry import BackendResult
 from pipeline.script import Script, Shot
 
@@ -26,27 +26,13 @@ IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHTS = "sdxl_models", "ip-adapter_sdxl.safet
 MAX_PANELS = 6  # reference images on one sheet; more would shrink every face below what the models see
 
 
-@dataclass(frozen=True)
-class RefSpec:
-    """What one registered name means: weights, pipeline family and defaults."""
-
-    name: str
-    model_id: str | None  # None: the tiny random pipeline from models.tiny
-    pipeline: str  # "kontext" | "sdxl-ip"
-    steps: int
-    guidance: float
-    dtype: str = "float32"
-    num_gpus: float = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 SPECS = {
-    "flux-kontext-tiny": RefSpec("flux-kontext-tiny", None, "kontext", steps=2, guidance=2.5,
+    "flux-kontext-tiny": ImageSpec("flux-kontext-tiny", None, "kontext", steps=2, guidance=2.5,
                                  extra={"max_sequence_length": 48}),
-    "flux-kontext-dev": RefSpec("flux-kontext-dev", "black-forest-labs/FLUX.1-Kontext-dev", "kontext", steps=28,
+    "flux-kontext-dev": ImageSpec("flux-kontext-dev", "black-forest-labs/FLUX.1-Kontext-dev", "kontext", steps=28,
                                 guidance=2.5, dtype="bfloat16", num_gpus=1, extra={"max_sequence_length": 512}),
-    "sdxl-ip-adapter-tiny": RefSpec("sdxl-ip-adapter-tiny", None, "sdxl-ip", steps=2, guidance=5.0),
-    "sdxl-ip-adapter": RefSpec("sdxl-ip-adapter", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl-ip", steps=30,
+    "sdxl-ip-adapter-tiny": ImageSpec("sdxl-ip-adapter-tiny", None, "sdxl-ip", steps=2, guidance=5.0),
+    "sdxl-ip-adapter": ImageSpec("sdxl-ip-adapter", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl-ip", steps=30,
                                guidance=5.0, dtype="float16", num_gpus=1),
 }
 
@@ -110,7 +96,7 @@ class ReferenceKeyframes:
     ``tiny_seed`` (weights seed of the tiny model).
     """
 
-    spec: RefSpec = SPECS["flux-kontext-tiny"]
+    spec: ImageSpec = SPECS["flux-kontext-tiny"]
     Options = ReferenceOptions
     resident = True
     num_gpus = 0
