@@ -41,12 +41,16 @@ def ensure_ray(address: str | None = None) -> None:
     ray.init(address=address, **kwargs)
 
 
-def check_resources(job: Job) -> None:
+def cluster_nodes() -> list[dict[str, float]]:
+    """The resources of each live node and of one node of each group the autoscaler may start."""
+    return [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")] + scalable_node_groups()
+
+
+def check_resources(job: Job, nodes: list[dict[str, float]] | None = None) -> None:
     """Refuse, before any work, a stage no node can ever run: Ray would keep it pending for ever. A node is
     a live one or one the cluster's autoscaler may start (a KubeRay worker group at zero replicas until work
     arrives counts with its resources, as long as its maxReplicas is not 0)."""
-    live = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
-    nodes = live + scalable_node_groups()
+    nodes = cluster_nodes() if nodes is None else nodes
     have = {k for res in nodes for k, v in res.items() if v > 0}
     problems = []
     for section, settings in job.stages.backends().items():
@@ -61,9 +65,8 @@ def check_resources(job: Job) -> None:
         raise UserError(problems)
 
 
-def cluster_gpu_models() -> list[str]:
-    """The GPU models of the live nodes and autoscaling groups (Ray's `accelerator_type:<model>` resource)."""
-    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")] + scalable_node_groups()
+def cluster_gpu_models(nodes: list[dict[str, float]]) -> list[str]:
+    """The GPU models of `cluster_nodes()` (Ray's `accelerator_type:<model>` resource)."""
     return sorted({k.split(":", 1)[1] for res in nodes if res.get("GPU", 0) > 0 for k in res
                    if k.startswith("accelerator_type:")})
 
@@ -203,13 +206,12 @@ def run_episode(job: Job, *, quiet: bool = False, address: str | None = None, si
                    cache_root=str((Path.cwd() / job.cache_dir).resolve()
                                   if not job.cache_dir.is_absolute() else job.cache_dir), sink=sink,
                    ledger_url=ledger_url, backends=registry_snapshot(), driver=driver_identity())
-    check_resources(job)
-    from pipeline.finance.plan import preflight_prices
-
-    from pipeline.finance.plan import gpu_price_problems
+    nodes = cluster_nodes()
+    check_resources(job, nodes)
+    from pipeline.finance.plan import gpu_price_problems, preflight_prices
 
     unpriced = preflight_prices(job)  # a billed item without a price stops the run before it starts
-    unpriced += gpu_price_problems(job, cluster_gpu_models())
+    unpriced += gpu_price_problems(job, cluster_gpu_models(nodes))
     if unpriced:
         raise UserError(unpriced)
     sub = Submitter(info)
