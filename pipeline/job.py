@@ -9,7 +9,7 @@ import re
 import unicodedata
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -43,6 +43,16 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+def custom_resources(v: dict[str, float]) -> dict[str, float]:
+    """A stage's Ray custom resources: names other than Ray's own, each asked in an amount > 0."""
+    for name, amount in v.items():
+        if name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise ValueError(f"{name!r} is not a custom resource: use num_cpus / num_gpus")
+        if not amount > 0:
+            raise ValueError(f"{name}: ask for an amount > 0, e.g. {{{name}: 1}}")
+    return v
+
+
 class BackendSettings(_Frozen):
     """Which backend a model-using stage runs and how it is hosted on Ray."""
 
@@ -62,12 +72,7 @@ class BackendSettings(_Frozen):
     @field_validator("resources")
     @classmethod
     def _resources(cls, v: dict[str, float]) -> dict[str, float]:
-        for name, amount in v.items():
-            if name in ("CPU", "GPU", "memory", "object_store_memory"):
-                raise ValueError(f"{name!r} is not a custom resource: use num_cpus / num_gpus")
-            if not amount > 0:
-                raise ValueError(f"{name}: ask for an amount > 0, e.g. {{{name}: 1}}")
-        return v
+        return custom_resources(v)
 
     @model_validator(mode="after")
     def _pool_size(self) -> "BackendSettings":
@@ -137,6 +142,25 @@ class EditSettings(_Frozen):
     burn_subtitles: bool = True
     font: str = Field("Noto Sans CJK SC", min_length=1, max_length=100)
     audio_bitrate: str = "160k"
+    # how the edit task is hosted on Ray (it runs no model: a plain task each episode, ffmpeg on CPU); these
+    # place it and are not part of its cache key, e.g. resources: {cpu_group: 1} pins it to a KubeRay group
+    num_cpus: float = Field(1, ge=0, le=1024)
+    resources: dict[str, float] = Field(default_factory=dict)
+
+    HOSTING: ClassVar[frozenset[str]] = frozenset({"num_cpus", "resources"})
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, v: dict[str, float]) -> dict[str, float]:
+        return custom_resources(v)
+
+    @property
+    def num_gpus(self) -> float:
+        return 0.0
+
+    def content(self) -> dict[str, Any]:
+        """The settings that shape the episode (its cache key and ProduceID): all but the hosting."""
+        return self.model_dump(exclude=set(self.HOSTING))
 
     @field_validator("preset")
     @classmethod

@@ -53,7 +53,7 @@ def check_resources(job: Job, nodes: list[dict[str, float]] | None = None) -> No
     nodes = cluster_nodes() if nodes is None else nodes
     have = {k for res in nodes for k, v in res.items() if v > 0}
     problems = []
-    for section, settings in job.stages.backends().items():
+    for section, settings in {**job.stages.backends(), "edit": job.stages.edit}.items():
         missing = [name for name in settings.resources if name not in have]
         for name in missing:
             problems.append(f"stages.{section}.resources.{name}: no node of this Ray cluster (live or in an "
@@ -124,10 +124,10 @@ class Submitter:
             ref = self.pools().call.remote(key, self.info, call, names, *refs)
             self.pool_calls.add(ref)
             return self._track(ref)
-        opts: dict[str, Any] = {"num_cpus": settings.num_cpus if settings else 1, "max_retries": 2,
-                                "retry_exceptions": False}
-        if settings is not None and settings.resources:
-            opts["resources"] = dict(settings.resources)
+        hosting = settings if settings is not None else self.info.job.stages.edit  # the edit: a plain task
+        opts: dict[str, Any] = {"num_cpus": hosting.num_cpus, "max_retries": 2, "retry_exceptions": False}
+        if hosting.resources:
+            opts["resources"] = dict(hosting.resources)
         self._make_room(opts["num_cpus"])
         return self._track(stage_task.options(**opts).remote(self.info, stage, call, names, *refs))
 

@@ -215,6 +215,9 @@ JOB_CHANGES = {
     "company": (["company=另一家公司"], {"edit"}),
     "delivery": (["delivery=[douyin]"], {"edit"}),
     "budget": (["budget.max_cny=\"5.00\""], set()),  # nothing in the picture or the sound
+    "placement": (["stages.script.resources.cpu_group=1", "stages.translate.resources.cpu_group=1",
+                   "stages.edit.resources.cpu_group=1", "stages.edit.num_cpus=2", "stages.video.actors=2",
+                   "stages.video.num_gpus=0.5", "stages.storyboard.resources.gpu_group=1"], set()),  # where, not what
 }
 
 

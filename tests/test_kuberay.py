@@ -141,6 +141,41 @@ def test_gpu_stages_fit_the_gpu_group(rayjob) -> None:
     assert "/models" in mounts  # gpu profiles never download weights: they are on the volume
 
 
+def _node_resources(group: dict) -> dict[str, float]:
+    """What a pod of the group offers Ray: CPUs and GPUs from its limits, custom resources from rayStartParams
+    as `ray start --resources=…` reads them once KubeRay has put the value on the command line (bash unquotes)."""
+    limits = _ray_container(group)["resources"]["limits"]
+    out = {"CPU": float(limits["cpu"]), "GPU": float(limits.get("nvidia.com/gpu", 0))}
+    custom = group.get("rayStartParams", {}).get("resources")
+    if custom:
+        (word,) = shlex.split(custom)
+        out.update({k: float(v) for k, v in json.loads(word).items()})
+    return out
+
+
+def test_every_stage_is_pinned_to_its_worker_group(cluster, rayjob) -> None:
+    """With the RayJob's overrides, the CPU stages can run only on cpu pods (their custom resource) and the GPU
+    stages only on gpu pods, the preflight accepts the cluster, and the cpu pods have the weights translate reads."""
+    from pipeline.job import load_job
+    from pipeline.runner import _fit_problems, check_resources
+
+    for spec in (cluster["spec"], rayjob["spec"]["rayClusterSpec"]):
+        assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # the head runs no stage
+        groups = {name: _node_resources(g) for name, g in _groups(spec).items() if name != "head"}
+        assert groups["cpu"]["cpu_group"] >= 1 and groups["gpu"]["gpu_group"] >= 1
+        assert "cpu_group" not in groups["gpu"] and groups["cpu"]["GPU"] == 0
+        args = _entrypoint_args(rayjob)
+        job = load_job(ROOT / "configs" / "episodes" / "demo" / "job.yaml", args.overrides)
+        check_resources(job, list(groups.values()))
+        sections = {**job.stages.backends(), "edit": job.stages.edit}
+        where = {name: sorted(g for g, res in groups.items() if not _fit_problems(name, s, [res]))
+                 for name, s in sections.items()}
+        assert where == {"script": ["cpu"], "translate": ["cpu"], "edit": ["cpu"], "storyboard": ["gpu"],
+                         "video": ["gpu"], "dub": ["gpu"]}, where
+        cpu_mounts = {m["mountPath"] for m in _ray_container(_groups(spec)["cpu"])["volumeMounts"]}
+        assert "/models" in cpu_mounts
+
+
 def test_secrets_and_volumes_reach_every_ray_pod(cluster) -> None:
     for name, group in _groups(cluster["spec"]).items():
         pod = group["template"]["spec"]

@@ -38,7 +38,8 @@ def work(tmp_path_factory):
     return {"tmp": tmp, "jobs": tmp / "jobs", "ledger": f"sqlite:///{tmp / 'ledger.db'}",
             "tracking": f"sqlite:///{tmp / 'mlflow.db'}",
             "overrides": [f"output_dir={tmp / 'out'}", f"cache_dir={tmp / 'cache'}",
-                          "stages.video.resources={render: 1}"]}  # video only where `render` is
+                          "stages.video.resources={render: 1}",  # video only where `render` is
+                          "stages.edit.resources={render: 1}", "stages.edit.num_cpus=0"]}  # and the edit task
 
 
 def _submit(cluster: LocalCluster, work: dict, address: str, *extra: str, jobs=None) -> dict:
@@ -79,11 +80,13 @@ def test_stages_spread_over_both_nodes(submitted, work) -> None:
     assert used == cluster_nodes, (used, cluster_nodes)
 
 
-def test_a_custom_resource_pins_its_stage_to_the_nodes_that_have_it(submitted, work) -> None:
+def test_a_custom_resource_pins_its_stages_to_the_nodes_that_have_it(submitted, work) -> None:
     (render,) = [n["node_id"] for n in submitted["nodes"] if n["resources"].get("render")]
     for e in submitted["episodes"]:
         video = [u.body for u in _usage(work, e["run_id"]) if u.body["stage"] == "video"]
         assert len(video) == 2 and {u["meta"]["ray_node_id"] for u in video} == {render}
+        (edit,) = [u.body for u in _usage(work, e["run_id"]) if u.body["stage"] == "edit"]  # a plain task
+        assert edit["meta"]["ray_node_id"] == render
 
 
 def test_every_usage_record_is_in_the_ledger_exactly_once(submitted, work) -> None:

@@ -44,7 +44,7 @@ class EditStage:
 
     def cache_key_parts(self, call: StageCall) -> list[Any]:
         shots = call.inputs["shots"]
-        return [self.name, VERSION, self.job.stages.edit.model_dump(), self.job.languages,
+        return [self.name, VERSION, self.job.stages.edit.content(), self.job.languages,
                 self.job.stages.video.fps, self.job.drama, self.job.episode, self.job.company, self.job.title,
                 [(s["id"], file_digest(s["clip"]), {k: file_digest(v) for k, v in s["audio"].items()},
                   s["lines"], s["duration_s"], s.get("trim")) for s in shots], handoff.cache_parts(self.job),
