@@ -32,6 +32,7 @@ COMMANDS = {
     "estimate": "pipeline.finance.report_cli:estimate",
     "submit": "pipeline.submit:submit",
     "edit": "pipeline.handoff.reedit:edit",
+    "capacity": "pipeline.metering.capacity:capacity",
 }
 
 
