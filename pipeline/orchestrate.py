@@ -351,18 +351,22 @@ class StageWorker:
             out["tiny_builds"] = dict(tiny.BUILDS)
         return out
 
-    def execute(self, info: RunInfo, call: StageCall, names: tuple[str, ...], *upstream) -> dict:
+    def execute(self, info: RunInfo, call: StageCall, names: tuple[str, ...], *upstream,
+                resumed: int = 0) -> dict:
+        """One execution; `resumed`: how many replicas were lost running it before (pipeline/pools.py)."""
         self.executions += 1
-        return execute_with_retries(info, self.stage_name, _bind(call, names, upstream), self.backend)
+        return execute_with_retries(info, self.stage_name, _bind(call, names, upstream), self.backend,
+                                    resumed=resumed)
 
 
-def execute_with_retries(info: RunInfo, stage_name: str, call: StageCall, backend: Any = None) -> dict:
+def execute_with_retries(info: RunInfo, stage_name: str, call: StageCall, backend: Any = None,
+                         resumed: int = 0) -> dict:
     """Attempts 1..1+max_retries; each attempt is metered once (its own idempotency key). When Ray re-runs
-    the task because its worker died, the dead worker's attempts are closed first and numbering goes on
-    after them (attempts 1, 2 died → this run's attempts are 3, 4, …)."""
+    the task because its worker died, or a model pool hands it to another replica (`resumed`), the dead
+    worker's attempts are closed first and numbering goes on after them (attempts 1, 2 died → 3, 4, …)."""
     settings = backend_settings(info.job, stage_name)
     attempts = 1 + (settings.max_retries if settings else 1)
-    first = 1 + previous_attempts(info, stage_name, call.shot_id, attempts)
+    first = 1 + previous_attempts(info, stage_name, call.shot_id, attempts, resumed)
     for attempt in range(first, first + attempts):
         try:
             result = execute(info, stage_name, call, attempt, backend)
@@ -374,19 +378,21 @@ def execute_with_retries(info: RunInfo, stage_name: str, call: StageCall, backen
     raise AssertionError("unreachable")
 
 
-def previous_attempts(info: RunInfo, stage_name: str, shot: str | None, per_run: int) -> int:
-    """0 on a task's first run; on a Ray retry, the highest attempt number its dead predecessors used."""
+def previous_attempts(info: RunInfo, stage_name: str, shot: str | None, per_run: int,
+                      resumed: int = 0) -> int:
+    """0 on a task's first run; on a Ray retry (or a resumed pool execution), the highest attempt number its
+    dead predecessors used."""
     number, _ = attempt_log.ray_attempt()
-    if number == 0:
+    if number == 0 and not resumed:
         return 0
     if info.sink is None or info.ledger_url is None:  # no ledger to ask: still never reuse a key
-        return number * per_run
+        return (number + resumed) * per_run
     from pipeline.metering.ledger import Ledger
 
     try:
         ledger = Ledger.open(info.ledger_url, create=False)
     except (OSError, ValueError, ImportError):  # a node without the ledger's file: the driver closes them
-        return number * per_run
+        return (number + resumed) * per_run
     with ledger:
         return attempt_log.close_before_retry(ledger, info.sink, job=info.run_id, stage=stage_name, shot=shot)
 

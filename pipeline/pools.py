@@ -13,7 +13,9 @@ dealt out up front, and a slow shot never holds others behind it on a busy repli
 - Every execution is metered inside its replica exactly as before (`execute_with_retries` with the request's
   own RunInfo): usage records and cost lines belong to the run that asked. A replica killed mid-shot is
   restarted by Ray and the shot retried there (`max_restarts`, `max_task_retries`): Ray's retry closes the
-  dead attempt first (orchestrate.previous_attempts).
+  dead attempt first (orchestrate.previous_attempts). A replica lost for good under a shot (its node gone,
+  restarts used up, unreachable while Ray notices) sends the shot back to the queue for another replica,
+  which closes the dead attempt the same way (`resumed`), up to `MAX_REQUEUES` times.
 - Size: `actors` replicas per pool, grown up to `max_actors` while the queue is deeper than the idle
   replicas; replicas above `actors` retire after `SCALE_DOWN_S` idle.
 - An episode claims a pool while it has work for the stage and lets go when its stage is done. A pool no
@@ -40,6 +42,7 @@ from pipeline.job_backends import backend_settings
 POOLS_NAME = "microdrama-model-pools"
 LINGER_S = float(os.environ.get("MICRODRAMA_POOL_LINGER_S", "300"))
 SCALE_DOWN_S = 30.0
+MAX_REQUEUES = 2  # a shot whose replica is lost under it runs again on another, at most this many times
 PENDING_EVICT_S = 2.0  # a replica not placed after this long asks unclaimed pools for their resources
 PLAIN_WAIT_S = 600.0  # how long a plain task's unmet ask keeps unclaimed pools from holding what it needs
 CLAIM_TTL_S = 3600.0  # a claim whose run made no request this long is stale (its driver died)
@@ -97,6 +100,7 @@ class _Request:
     names: tuple[str, ...]
     upstream: tuple
     reply: asyncio.Future
+    requeues: int = 0  # times its replica was lost under it and it went back to the queue
 
 
 @dataclass
@@ -265,13 +269,20 @@ class ModelPools:
             replica.runs[run_id] = replica.runs.get(run_id, 0) + 1
             try:
                 result = await replica.handle.execute.remote(request.info, request.call, request.names,
-                                                             *request.upstream)
+                                                             *request.upstream, resumed=request.requeues)
                 _settle(request.reply, result=result)
             except ray.exceptions.RayTaskError as exc:  # the stage failed: hand the caller its StageFailed
                 cause = exc.cause if isinstance(exc.cause, Exception) else exc
                 _settle(request.reply, error=cause)
-            except ray.exceptions.RayActorError as exc:  # restarts used up: the shot fails, the pool replaces it
-                _settle(request.reply, error=exc)
+            except ray.exceptions.RayActorError as exc:
+                # the replica is gone under the shot (its node lost, restarts used up, or unreachable while Ray
+                # notices): the shot goes back to the queue for another replica, which closes and bills the dead
+                # attempt first and numbers its own after it; after MAX_REQUEUES losses the shot fails
+                if request.requeues < MAX_REQUEUES and not request.reply.done():
+                    request.requeues += 1
+                    pool.queue.put_nowait(request)
+                else:
+                    _settle(request.reply, error=exc)
                 self._lost(pool, replica)
                 return
             finally:

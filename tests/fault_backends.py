@@ -68,6 +68,29 @@ class KillOnceResidentVideo(KillOnceVideo):
     resident = True
 
 
+class KillRepeatedlyResidentVideo(CameraMoveVideo):
+    """A resident video replica whose first `kills` calls SIGKILL its own process: with kills = 3 the actor's
+    restarts and task retries (2 each) are used up, the replica is gone for good, and the pool must hand the
+    shot to a new one (pipeline/pools.py)."""
+
+    class Options(CameraMoveOptions):
+        marker: opt.FilePath
+        kills: int = opt.Field(3, ge=1, le=10)
+
+    resident = True
+
+    def __init__(self, *, marker: str, kills: int = 3, **options: Any) -> None:
+        super().__init__(**options)
+        self.marker, self.kills = marker, int(kills)
+
+    def render(self, shot, keyframe, out_path, **kwargs) -> BackendResult:
+        call = next(i for i in range(1, 1000) if _first_time(f"{self.marker}.call-{i}"))
+        if call <= self.kills:
+            Path(f"{self.marker}.pid-{call}").write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().render(shot, keyframe, out_path, **kwargs)
+
+
 class NoSpaceVideo(CameraMoveVideo):
     """A disk that fills up mid-stage: writes part of the clip, then ENOSPC."""
 
@@ -132,6 +155,7 @@ class LeakyStoryboard(ProceduralStoryboard):
 
 for _stage, _name, _cls in (("video", "test-kill-once", "KillOnceVideo"),
                             ("video", "test-kill-once-resident", "KillOnceResidentVideo"),
+                            ("video", "test-kill-replica", "KillRepeatedlyResidentVideo"),
                             ("video", "test-no-space", "NoSpaceVideo"),
                             ("video", "test-slow", "SlowVideo"),
                             ("storyboard", "test-leaky", "LeakyStoryboard")):

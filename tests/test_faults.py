@@ -90,6 +90,32 @@ def test_killed_worker_is_retried_and_billed_to_its_last_heartbeat(tmp_path, ray
     assert cli("ledger", "verify", "--ledger", env["ledger_url"]).exit_code == 0
 
 
+def test_a_replica_lost_for_good_hands_its_shot_to_a_new_one(tmp_path, ray_session, monkeypatch) -> None:
+    """The video replica dies three times under the same shot: Ray restarts it twice and retries the shot on
+    it, then gives the actor up. The pool sends the shot back to its queue, a new replica runs it, and the
+    episode finishes. Each dead attempt is closed and billed once, numbered before the one that worked."""
+    from pipeline.episode import run_job
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MICRODRAMA_HEARTBEAT_S", str(HEARTBEAT_S))
+    marker = tmp_path / "kills"
+    video = {"backend": "test-kill-replica", "options": {"marker": str(marker), "kills": 3}}
+    job = load_job(write_job(tmp_path / "job", shots=1, stages={"video": video}), places(tmp_path))
+    env = urls(tmp_path)
+    manifest = run_job(job, quiet=True, **env)
+
+    assert (job.out_path / "episode.mp4").is_file()
+    pids = {(tmp_path / f"kills.pid-{i}").read_text() for i in (1, 2, 3)}
+    assert len(pids) == 3  # three processes of the replica died: two restarts, then it was given up
+    usage = stage_usage(env["ledger_url"], "video")
+    assert [(u["attempt"], u["status"]) for u in usage] == [(1, "failed"), (2, "failed"), (3, "failed"), (4, "ok")]
+    assert all(u["error"].startswith("WorkerDied:") for u in usage[:3])
+    by_key = check_exactly_once(env["ledger_url"])
+    assert len(by_key) == manifest["cost"]["usage_records"]
+    billed = {e.body["usage_key"] for e in ledger_entries(env["ledger_url"], "cost")}
+    assert {u["idempotency_key"] for u in usage} <= billed
+
+
 # ---------------------------------------------------------------- 2. the driver killed mid-episode
 
 def test_killed_driver_resumes_from_cache_and_bills_once(tmp_path, ray_session, monkeypatch) -> None:
