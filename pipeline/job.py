@@ -219,6 +219,10 @@ class Stages(_Frozen):
         return {name: value for name in type(self).model_fields
                 if isinstance(value := getattr(self, name), BackendSettings)}
 
+    def placements(self) -> dict[str, "BackendSettings | EditSettings"]:
+        """Every section that places Ray work (num_cpus, resources): the backends' and the edit's."""
+        return {**self.backends(), "edit": self.edit}
+
 
 def legacy_stages(stages: dict[str, Any], where: str) -> dict[str, Any]:
     """`stages` with an old `tts` section (the dub stage's backend, options, voices and hosting before they

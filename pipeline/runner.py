@@ -53,7 +53,7 @@ def check_resources(job: Job, nodes: list[dict[str, float]] | None = None) -> No
     nodes = cluster_nodes() if nodes is None else nodes
     have = {k for res in nodes for k, v in res.items() if v > 0}
     problems = []
-    for section, settings in {**job.stages.backends(), "edit": job.stages.edit}.items():
+    for section, settings in job.stages.placements().items():
         missing = [name for name in settings.resources if name not in have]
         for name in missing:
             problems.append(f"stages.{section}.resources.{name}: no node of this Ray cluster (live or in an "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 import pytest
 from typer.testing import CliRunner
@@ -59,6 +59,7 @@ def ledger_url(tmp_path_factory) -> str:
 
 def test_measure_counts_every_attempt_of_delivered_episodes_only(ledger_url) -> None:
     from pipeline.metering.capacity import measure
+    from pipeline.money import exact_sum
     from pipeline.metering.ledger import Ledger
 
     with Ledger.open(ledger_url, create=False) as ledger:
@@ -69,7 +70,7 @@ def test_measure_counts_every_attempt_of_delivered_episodes_only(ledger_url) -> 
     assert {s: (l.gpu_s, l.gpus, l.attempts) for s, l in m.stages.items()} == {
         "storyboard": (400.0, 1.0, 4), "video": (1300.0, 1.0, 5), "dub": (20.0, 0.25, 4)}
     assert m.stages["video"].gpu_models == (GPU,)
-    assert m.compute_cny == sum((Decimal(c["amount"]) for c in costs), Decimal(0)) > 0
+    assert m.compute_cny == exact_sum(c["amount"] for c in costs) > 0
 
 
 def test_plan_sizes_replicas_from_gpu_seconds_per_episode(ledger_url) -> None:
@@ -85,7 +86,9 @@ def test_plan_sizes_replicas_from_gpu_seconds_per_episode(ledger_url) -> None:
     assert plan["gpu_s_per_episode"] == 860.0 and plan["gpus_needed"] == 14 and plan["fits"] is True
     assert plan["episodes_per_day_on_gpus"] == int(64 * 86400 * 0.8 // 860)  # 5,143
     per_episode = Decimal(plan["compute_cny_per_episode"])
-    assert Decimal(plan["compute_cny_per_day"]) == per_episode * 1000  # exact, never a float
+    with localcontext() as ctx:
+        ctx.prec = 100
+        assert Decimal(plan["compute_cny_per_day"]) == per_episode * 1000  # exact, never a float
     small = json.loads(invoke("capacity", "--ledger", ledger_url, "--drama", "season", "--gpus", "8",
                               "--json").output)
     assert small["fits"] is False and small["gpus_needed"] == 14

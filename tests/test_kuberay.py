@@ -159,17 +159,15 @@ def test_every_stage_is_pinned_to_its_worker_group(cluster, rayjob) -> None:
     from pipeline.job import load_job
     from pipeline.runner import _fit_problems, check_resources
 
+    job = load_job(ROOT / "configs" / "episodes" / "demo" / "job.yaml", _entrypoint_args(rayjob).overrides)
     for spec in (cluster["spec"], rayjob["spec"]["rayClusterSpec"]):
         assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # the head runs no stage
         groups = {name: _node_resources(g) for name, g in _groups(spec).items() if name != "head"}
         assert groups["cpu"]["cpu_group"] >= 1 and groups["gpu"]["gpu_group"] >= 1
         assert "cpu_group" not in groups["gpu"] and groups["cpu"]["GPU"] == 0
-        args = _entrypoint_args(rayjob)
-        job = load_job(ROOT / "configs" / "episodes" / "demo" / "job.yaml", args.overrides)
         check_resources(job, list(groups.values()))
-        sections = {**job.stages.backends(), "edit": job.stages.edit}
         where = {name: sorted(g for g, res in groups.items() if not _fit_problems(name, s, [res]))
-                 for name, s in sections.items()}
+                 for name, s in job.stages.placements().items()}
         assert where == {"script": ["cpu"], "translate": ["cpu"], "edit": ["cpu"], "storyboard": ["gpu"],
                          "video": ["gpu"], "dub": ["gpu"]}, where
         cpu_mounts = {m["mountPath"] for m in _ray_container(_groups(spec)["cpu"])["volumeMounts"]}

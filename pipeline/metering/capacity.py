@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any, Optional
 
 import typer
 
 from pipeline.errors import UserError
+from pipeline.money import exact_sum, plain
 
 DAY_S = 86_400
 
@@ -37,9 +38,7 @@ class Measured:
 
     episodes: int  # distinct (drama, episode) with a finished edit
     stages: dict[str, StageLoad]
-    compute_cny: Decimal  # every compute cost line of those episodes, exact
-    ai_cny: Decimal  # every AI-tool cost line of those episodes, exact
-    dramas: tuple[str, ...] = ()
+    compute_cny: Decimal  # every compute cost line of those episodes, summed exactly (money.exact_sum)
 
 
 def measure(ledger: Any, drama: str | None = None) -> Measured:
@@ -64,17 +63,11 @@ def measure(ledger: Any, drama: str | None = None) -> Measured:
         attempts[s] = attempts.get(s, 0) + 1
         if u.get("gpu_model"):
             models.setdefault(s, set()).add(u["gpu_model"])
-    compute, ai = Decimal(0), Decimal(0)
-    for c in ledger.entries(kind="cost", where=where):
-        b = c.body
-        if (b.get("drama"), b.get("episode")) in delivered:
-            if b["kind"] == "ai_tool":
-                ai += Decimal(str(b["amount"]))
-            else:
-                compute += Decimal(str(b["amount"]))
+    compute = exact_sum(c.body["amount"] for c in ledger.entries(kind="cost", where=where)
+                        if c.body["kind"] != "ai_tool" and (c.body.get("drama"), c.body.get("episode")) in delivered)
     stages = {s: StageLoad(s, gpu_s[s], gpus[s] or 1.0, attempts[s], tuple(sorted(models.get(s, ()))))
               for s in sorted(gpu_s)}
-    return Measured(len(delivered), stages, compute, ai, tuple(sorted({d for d, _ in delivered})))
+    return Measured(len(delivered), stages, compute)
 
 
 def parse_assumption(text: str) -> StageLoad:
@@ -102,8 +95,9 @@ class Plan:
     episodes_per_day_on_gpus: int = 0  # what `gpus` GPUs deliver at `utilization`
     fits: bool = False
     measured_episodes: int = 0
-    compute_cny_per_episode: str = ""  # exact, from the measured episodes' cost lines
-    compute_cny_per_day: str = ""
+    compute_cny_measured: str = ""  # the measured episodes' compute cost lines, summed exactly
+    compute_cny_per_episode: str = ""  # that total / the episodes, to 60 significant digits
+    compute_cny_per_day: str = ""  # per episode × episodes a day, exactly
 
 
 def plan(measured: Measured | None, episodes_per_day: int, gpus: int, utilization: float,
@@ -137,9 +131,13 @@ def plan(measured: Measured | None, episodes_per_day: int, gpus: int, utilizatio
         if out.gpu_s_per_episode else 0
     out.fits = out.gpus_needed <= gpus
     if measured:
-        per_episode = measured.compute_cny / measured.episodes
-        out.compute_cny_per_episode = str(per_episode)
-        out.compute_cny_per_day = str(per_episode * episodes_per_day)
+        with localcontext() as ctx:
+            ctx.prec = 60  # the quotient's digits; the product below is exact in them
+            per_episode = measured.compute_cny / measured.episodes
+            ctx.prec = 100
+            per_day = per_episode * episodes_per_day
+        out.compute_cny_measured = plain(measured.compute_cny)
+        out.compute_cny_per_episode, out.compute_cny_per_day = plain(per_episode), plain(per_day)
     return out
 
 
@@ -157,9 +155,9 @@ def capacity(episodes_per_day: int = typer.Option(1000, "--episodes-per-day", mi
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Size a GPU farm from the ledger's measured GPU-seconds: replicas per stage and GPUs for a daily output."""
     from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
 
+    from pipeline.finance.report_cli import _exit
     from pipeline.metering.ledger_cli import _session
     from pipeline.money import shown
 
@@ -171,10 +169,7 @@ def capacity(episodes_per_day: int = typer.Option(1000, "--episodes-per-day", mi
                 measured = measure(led, drama)
         result = plan(measured, episodes_per_day, gpus, utilization, assumed)
     except UserError as exc:
-        err = Console(stderr=True)
-        for line in exc.problems:
-            err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
+        _exit(exc)
     if as_json:
         typer.echo(json.dumps(asdict(result), indent=1))
         return
