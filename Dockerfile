@@ -98,7 +98,8 @@ ARG TORCH_VERSION=2.13.0
 RUN pip install --no-deps --no-build-isolation ".[models,postgres,gpu,api]" \
  && python -m jobs.image_lock --pip-check \
  && python -c "import pipeline.cli, ray, torch, pynvml; assert ray.__version__ == '${RAY_VERSION}'; \
-assert torch.__version__ == '${TORCH_VERSION}' and torch.version.cuda.startswith('13.'), torch.version.cuda"
+assert torch.__version__.split('+')[0] == '${TORCH_VERSION}' and torch.version.cuda.startswith('13.'), \
+torch.__version__"
 
 # numeric, so Kubernetes' runAsNonRoot can verify it (uid 1000 = ray)
 USER 1000:1000

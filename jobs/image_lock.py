@@ -39,6 +39,7 @@ from pathlib import Path
 from packaging import tags
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
@@ -107,6 +108,7 @@ class Wheel:
     url: str
     sha256: str
     rank: int  # index into image_tags(): lower is what pip prefers
+    yanked: bool  # pip installs a yanked file only when the version is pinned with ==
 
 
 class Index:
@@ -137,7 +139,9 @@ class Index:
             rank = {tag: i for i, tag in enumerate(image_tags())}
             out: dict[str, list[Wheel]] = {}
             for f in page.get("files", []):
-                if f.get("yanked") or not f["filename"].endswith(".whl") or "sha256" not in f.get("hashes", {}):
+                if not f["filename"].endswith(".whl") or "sha256" not in f.get("hashes", {}):
+                    continue
+                if not _runs_on_image_python(f.get("requires-python")):
                     continue
                 try:
                     _, version, _, wheel_tags = parse_wheel_filename(f["filename"])
@@ -147,11 +151,12 @@ class Index:
                 if best is not None:
                     out.setdefault(str(version), []).append(Wheel(
                         f["filename"], urllib.parse.urljoin(f"{self.url}{name}/", f["url"]),
-                        f["hashes"]["sha256"], best))
+                        f["hashes"]["sha256"], best, bool(f.get("yanked"))))
             self._projects[name] = out
         return self._projects[name]
 
     def wheels(self, name: str, version: str) -> list[Wheel]:
+        """The image's wheels of an exact version (yanked ones too: pip takes them for an == pin)."""
         found = _same_version(self.releases(name), version)
         if not found:
             raise LockError(f"{name}=={version}: the index {self.url} has no wheel of it for the image "
@@ -159,9 +164,12 @@ class Index:
         return sorted(found, key=lambda w: (w.rank, w.filename))
 
     def best(self, name: str, reqs: list[Requirement]) -> str:
-        """The newest final release that every one of reqs allows and that has a wheel for the image."""
-        usable = [v for v in map(_version, self.releases(name))
-                  if v is not None and not v.is_prerelease and all(r.specifier.contains(v) for r in reqs)]
+        """The newest release that every one of reqs allows (prereleases only as PEP 440 lets them in) and that
+        has a wheel, not yanked, for the image."""
+        offered = [v for raw, wheels in self.releases(name).items()
+                   if (v := _version(raw)) is not None and not all(w.yanked for w in wheels)]
+        spec = SpecifierSet(",".join(str(r.specifier) for r in reqs if r.specifier))
+        usable = list(spec.filter(offered))
         if not usable:
             raise LockError(f"{' and '.join(sorted({str(r) for r in reqs}))}: no release on {self.url} "
                             "satisfies it with a wheel for the image")
@@ -203,6 +211,8 @@ class _RangeFile(io.RawIOBase):
         with urllib.request.urlopen(request, timeout=index.timeout) as response:  # noqa: S310
             if response.headers.get("Accept-Ranges") != "bytes":
                 raise ValueError(f"{url} does not serve byte ranges")
+            if response.headers.get("Content-Length") is None:
+                raise ValueError(f"{url} gives no Content-Length")
             self.size = int(response.headers["Content-Length"])
 
     def readable(self) -> bool:
@@ -225,12 +235,20 @@ class _RangeFile(io.RawIOBase):
         request = urllib.request.Request(self.url, headers={"Range": f"bytes={self.pos}-{end - 1}",
                                                             "User-Agent": "microdrama-image-lock"})
         with urllib.request.urlopen(request, timeout=self.index.timeout) as response:  # noqa: S310
+            if response.status != 206:  # before reading: a server ignoring Range would send the whole wheel
+                raise ValueError(f"{self.url} ignored the byte range")
             data = response.read()
-        if response.status != 206:
-            raise ValueError(f"{self.url} ignored the byte range")
         buffer[:len(data)] = data
         self.pos += len(data)
         return len(data)
+
+
+def _runs_on_image_python(requires_python: str | None) -> bool:
+    try:
+        return not requires_python or SpecifierSet(requires_python).contains(
+            image_environment()["python_full_version"], prereleases=True)
+    except InvalidSpecifier:
+        return True  # pip ignores a malformed Requires-Python too
 
 
 def _same_version(releases: dict[str, list[Wheel]], version: str) -> list[Wheel]:

@@ -41,7 +41,7 @@ class LocalIndex:
         self.lock = threading.Lock()
 
     def add(self, project: str, version: str, tag: str, requires: list[str] = (), *, yanked: bool = False,
-            pep658: bool = True, padding: int = 0) -> str:
+            pep658: bool = True, padding: int = 0, requires_python: str | None = None) -> str:
         filename = f"{project.replace('-', '_')}-{version}-{tag}.whl"
         data = wheel_bytes(project, version, list(requires), padding)
         self.blobs[f"/files/{filename}"] = data
@@ -51,6 +51,7 @@ class LocalIndex:
                 self.blobs[f"/files/{filename}.metadata"] = zf.read(member)
         self.projects.setdefault(project, []).append({
             "filename": filename, "url": f"../../files/{filename}", "yanked": yanked,
+            "requires-python": requires_python,
             "hashes": {"sha256": hashlib.sha256(data).hexdigest()}})
         return hashlib.sha256(data).hexdigest()
 
@@ -107,9 +108,11 @@ class LocalIndex:
 
 
 @pytest.fixture()
-def cuda_like():
+def cuda_like(monkeypatch):
     """An app that needs a CUDA-style library with a BLAS extra, and the BLAS library unversioned too (asked
     first, so its newest release is tried before the extra's ==5.1.* is seen)."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)  # the index is on loopback: never through a proxy
     idx = LocalIndex()
     digests = {}
     idx.add("mdlock-app", "1.0", "py3-none-any", [
@@ -124,6 +127,11 @@ def cuda_like():
     idx.add("mdlock-blas", "5.1.1", "py3-none-macosx_11_0_arm64")  # newer, but no wheel for the image
     idx.add("mdlock-blas", "6.0", "py3-none-manylinux_2_39_x86_64")  # glibc newer than Debian 12's
     digests["blas-6.0"] = idx.add("mdlock-blas", "6.0", "py3-none-manylinux_2_28_x86_64")
+    idx.add("mdlock-pure", "1.0", "py3-none-any", requires_python=">=3.8")
+    idx.add("mdlock-pure", "2.0", "py3-none-any", requires_python=">=3.12")  # newer, but not for Python 3.11
+    idx.add("mdlock-pre", "1.0rc1", "py3-none-any")
+    idx.add("mdlock-pre", "0.9", "py3-none-any")
+    digests["old-yanked"] = idx.add("mdlock-old", "1.0", "py3-none-any", yanked=True)
     server, url = idx.serve()
     yield idx, url, digests
     server.shutdown()
@@ -138,6 +146,17 @@ def test_the_lock_settles_on_versions_every_requirement_allows(cuda_like) -> Non
     assert pins == {"mdlock-app": "1.0", "mdlock-cuda": "2.0", "mdlock-blas": "5.1.0"}
     assert hashes(pins, index)["mdlock-blas"] == [digests["blas-x86"]]  # not aarch64's, not Windows'
     assert hashes(pins, index)["mdlock-cuda"] == [digests["cuda-2.0"]]
+
+
+def test_requires_python_prereleases_and_yanked_files_as_pip_treats_them(cuda_like) -> None:
+    _, url, digests = cuda_like
+    index = Index(url)
+    assert closure([Requirement("mdlock-pure")], index) == {"mdlock-pure": "1.0"}
+    assert closure([Requirement("mdlock-pre")], index) == {"mdlock-pre": "0.9"}  # a final release first
+    assert closure([Requirement("mdlock-pre>=1.0rc1")], index) == {"mdlock-pre": "1.0rc1"}  # named: allowed
+    with pytest.raises(LockError, match="mdlock-old: no release"):
+        index.best("mdlock-old", [Requirement("mdlock-old")])  # yanked: never chosen
+    assert hashes({"mdlock-old": "1.0"}, index) == {"mdlock-old": [digests["old-yanked"]]}  # but a pin takes it
 
 
 def test_metadata_comes_from_a_few_kilobytes_of_a_wheel_without_a_pep658_file(cuda_like) -> None:
