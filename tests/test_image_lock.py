@@ -32,7 +32,8 @@ def wheel_bytes(name: str, version: str, requires: list[str], padding: int = 0) 
 
 
 class LocalIndex:
-    """files: filename → (bytes, requires, yanked, serve_pep658)."""
+    """Projects' file lists as PEP 691 JSON, and the files (wheels, PEP 658 metadata) by path, with the bytes
+    sent for each path counted."""
 
     def __init__(self) -> None:
         self.projects: dict[str, list[dict]] = {}
@@ -135,6 +136,7 @@ def cuda_like(monkeypatch):
     server, url = idx.serve()
     yield idx, url, digests
     server.shutdown()
+    server.server_close()
 
 
 def test_the_lock_settles_on_versions_every_requirement_allows(cuda_like) -> None:
