@@ -441,7 +441,14 @@ def main(argv: list[str]) -> int:
         found = [p for lock in LOCKS for p in problems(read_lock(lock), lock)]
         print("\n".join(found) or ", ".join(f"{lock.name}: ok" for lock in LOCKS))
         return 1 if found else 0
-    url = argv[argv.index("--index-url") + 1] if "--index-url" in argv[:-1] else DEFAULT_INDEX
+    url = DEFAULT_INDEX
+    if "--index-url" in argv:
+        at = argv.index("--index-url") + 1
+        if at == len(argv) or argv[at].startswith("-"):
+            print("image_lock: --index-url needs the index's URL, e.g. --index-url https://pypi.org/simple",
+                  file=sys.stderr)
+            return 2
+        url = argv[at]
     index = Index(url)
     try:
         written = {}

@@ -194,6 +194,11 @@ def test_a_failed_run_writes_neither_lock(cuda_like, monkeypatch, capsys) -> Non
     assert {lock: lock.read_bytes() for lock in image_lock.LOCKS} == before
 
 
+def test_an_index_url_without_its_url_is_refused_before_any_request(capsys) -> None:
+    assert image_lock.main(["--index-url"]) == 2
+    assert "--index-url needs the index's URL" in capsys.readouterr().err
+
+
 def test_render_and_read_round_trip(tmp_path) -> None:
     path = tmp_path / "lock.txt"
     path.write_text(image_lock.render({"a-b": "1.0", "c": "2"}, {"a-b": ["aa", "bb"], "c": []}, "a test"))
