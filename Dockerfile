@@ -17,9 +17,12 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/microdrama/bin:$PATH \
     PYTHONPATH=/app \
     RAY_USAGE_STATS_ENABLED=0 \
+    GRPC_ENABLE_FORK_SUPPORT=false \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
 
+# GRPC_ENABLE_FORK_SUPPORT=false: the head forks a server for each Ray Client session, and gRPC's fork
+# handlers can kill it as it starts (ray-project/ray#63202); nothing here forks without exec, so none is needed
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # Python 3.11 and, for the workers, ffmpeg >= 5 (the edit stage's alimiter uses `latency`), espeak-ng voices,

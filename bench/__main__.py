@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["bench.bench_claims", "bench.bench_edit", "bench.bench_farm", "bench.bench_identity", "bench.bench_metering",
+BENCHES = ["bench.bench_claims", "bench.bench_client_sessions", "bench.bench_edit", "bench.bench_farm", "bench.bench_identity", "bench.bench_metering",
            "bench.bench_resident", "bench.bench_scale", "bench.bench_screenplay", "bench.bench_voices"]
 
 

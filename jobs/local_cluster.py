@@ -23,6 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+# What every node of a cluster should run with (the image sets the same): the head forks a server process for
+# each Ray Client session, and gRPC's fork handlers can kill it as it starts (ray-project/ray#63202; 7 of 40
+# sessions here, 4 at once, without it; 0 of 40 with it).
+NODE_ENV = {"GRPC_ENABLE_FORK_SUPPORT": "false"}
+
+
 def free_ports(n: int) -> list[int]:
     """n distinct free TCP ports on 127.0.0.1 (free when asked; the usual small race applies)."""
     socks = []
@@ -47,6 +53,7 @@ class LocalCluster:
     gcs_address: str = ""
     dashboard_url: str = ""
     client_address: str = ""
+    node_env: dict[str, str] = field(default_factory=lambda: dict(NODE_ENV))  # what its `ray start`s run with
 
     def temp_dir(self, name: str) -> Path:
         """One Ray temp dir per node: nodes sharing one would share (and race on) the runtime env folders."""
@@ -70,7 +77,7 @@ class LocalCluster:
         with log.open("wb") as fh:
             proc = subprocess.Popen([self._ray(), "start", "--block", f"--temp-dir={self.temp_dir(name)}",
                                      "--disable-usage-stats", *args], stdout=fh, stderr=subprocess.STDOUT,
-                                    env={**self.env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
+                                    env={**self.env, **self.node_env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
                                     start_new_session=True)
         self.procs.append(proc)
         deadline = time.monotonic() + timeout_s

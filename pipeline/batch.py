@@ -61,6 +61,8 @@ def connect(address: str | None = "auto", runtime_env: dict[str, Any] | None = N
     Client, with `runtime_env` carrying the project to the workers)."""
     import ray
 
+    from pipeline.services import init_ray
+
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -69,7 +71,7 @@ def connect(address: str | None = "auto", runtime_env: dict[str, Any] | None = N
         kwargs["runtime_env"] = runtime_env
     if not str(address).startswith("ray://"):
         kwargs.update(log_to_driver=False, configure_logging=False)
-    ray.init(address=address, **kwargs)
+    init_ray(address, **kwargs)
 
 
 def wait_for_nodes(count: int, timeout_s: float = 300.0) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from pipeline.metering.attempts import driver_identity
 from pipeline.orchestrate import (RunInfo, is_resident, new_run_id, stage_task,
                                   backend_settings, registry_snapshot)
 from pipeline.progress import Progress
+from pipeline.services import init_ray
 from pipeline.stages import StageCall
 from pipeline.stages.script import load_script
 from pipeline.stages.storyboard import shot_seed
@@ -38,7 +39,7 @@ def ensure_ray(address: str | None = None) -> None:
                                   namespace="microdrama")
     if address:
         kwargs["runtime_env"] = {"working_dir": root, "excludes": [".venv", "out", ".cache", "*.db"]}
-    ray.init(address=address, **kwargs)
+    init_ray(address, **kwargs)
 
 
 def cluster_nodes() -> list[dict[str, float]]:

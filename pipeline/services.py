@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import socket
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -146,6 +147,47 @@ def check_ray_address(address: str, flag: str = "--address", *, schemes: tuple[s
     default = {"ray": 10001, "http": 8265, "https": 443, "": 6379}[scheme]
     host, port = _host_port(address if scheme else f"gcs://{address}", flag, default)
     check_tcp(host, port, f"{flag} {address}")
+
+
+CLIENT_SESSION_TRIES = 3  # Ray Client sessions whose server dies as it starts are asked for again this often
+# what Ray Client is told when the session's server died as the head started it: the proxy saw it exit, or its
+# own look at the process found it gone (ray/util/client/server/proxier.py, start_specific_server)
+CLIENT_SERVER_DIED = ("Starting Ray client server failed", "psutil.ZombieProcess", "psutil.NoSuchProcess")
+
+
+def init_ray(address: str | None, flag: str = "--address", **kwargs: object) -> None:
+    """`ray.init(address, **kwargs)`, where a Ray Client session (ray://) that the cluster fails to open is
+    asked for again and then said in one line (exit 4) instead of a traceback.
+
+    The head forks a server process for each Ray Client session; gRPC's fork handlers in the proxy can kill
+    it as it starts (ray-project/ray#63202: `Check failed: next_worker->state == KICKED`), a few times in a
+    hundred on a busy head unless the head runs with GRPC_ENABLE_FORK_SUPPORT=false. Nothing has run when
+    that happens (no driver, no task, no ledger entry), so a new session is safe to ask for."""
+    import ray
+
+    if not str(address or "").startswith("ray://"):
+        ray.init(address=address, **kwargs)
+        return
+    for attempt in range(1, CLIENT_SESSION_TRIES + 1):
+        try:
+            ray.init(address=address, **kwargs)
+            return
+        except ConnectionError as exc:  # ConnectionAbortedError: the head refused or could not start the session
+            text = str(exc)
+            died = any(marker in text for marker in CLIENT_SERVER_DIED)
+            if died and attempt < CLIENT_SESSION_TRIES:
+                time.sleep(float(attempt))
+                continue
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            reason = lines[-1] if lines else type(exc).__name__
+            hint = ("the head's ray_client_server*.err logs (under /tmp/ray/session_latest/logs) say why; when "
+                    "they show `Check failed: next_worker->state == KICKED`, start the head with "
+                    "GRPC_ENABLE_FORK_SUPPORT=false" if died
+                    else "check that the head runs the same Ray and Python versions, or submit through the "
+                         "dashboard (http://HEAD:8265)")
+            tries = f" ({attempt} tries)" if attempt > 1 else ""
+            raise Unreachable(f"{flag} {address}: Ray Client could not open a session{tries}: {reason}; "
+                              f"{hint}") from None
 
 
 def _safe(url: str) -> str:

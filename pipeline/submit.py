@@ -188,7 +188,10 @@ def _client_run(address: str, entry: Entry, env: dict[str, str], tracking_uri: s
     from pipeline.batch import connect, exit_code, load_jobs, run_batch, wait_for_nodes
 
     jobs = load_jobs(entry.paths, entry.overrides)
-    connect(address, runtime_env(ROOT, env))
+    try:
+        connect(address, runtime_env(ROOT, env))
+    except UserError as exc:  # the head could not open a Ray Client session: one line, exit 4
+        _fail(exc.problems, exc.exit_code)
     if entry.min_nodes:
         wait_for_nodes(entry.min_nodes)
     summary = run_batch(entry.paths, jobs, tracking_uri=tracking_uri, ledger_url=ledger, parallel=entry.parallel)

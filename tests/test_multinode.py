@@ -123,6 +123,22 @@ def test_one_ledger_writer_serves_the_cluster(submitted, cluster) -> None:
     assert writers == [{"name": submitted["ledger"]["writer"], "namespace": "microdrama"}]
 
 
+def test_the_heads_ray_client_proxy_runs_without_grpc_fork_handlers(cluster) -> None:
+    """The proxy forks a server per Ray Client session; with gRPC's fork handlers on, a few in a hundred die as
+    they start (ray-project/ray#63202, bench/bench_client_sessions.py). The variable must reach that process."""
+    import psutil
+
+    port = cluster.client_address.rsplit(":", 1)[1]
+    proxies = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "ray.util.client.server" in cmd and "--mode=proxy" in cmd and f"--port={port}" in cmd:
+            proxies.append(proc.environ())
+    assert len(proxies) == 1, proxies
+    assert proxies[0].get("GRPC_ENABLE_FORK_SUPPORT") == "false"
+    assert proxies[0].get("RAY_AUTH_TOKEN") == cluster.token  # this cluster's head, not another on the machine
+
+
 def test_ray_client_runs_the_same_batch_from_cache(submitted, cluster, work) -> None:
     again = _submit(cluster, work, cluster.client_address)
     assert again["ok"] is True
