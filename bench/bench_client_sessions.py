@@ -8,15 +8,17 @@ raylet, token auth) is started, and `--sessions` client processes connect to it 
 at a time, each as `microdrama submit ray://…` does (`pipeline.services.init_ray` with the project as the
 runtime env, made to try once), and run one task. Counted: sessions that failed, by what the client was told:
 the head saw the session's server die as it started ("Starting Ray client server failed", or psutil finding
-it a zombie) or never heard from it ("Proxy failed to Connect to backend", after 60 s); all are ray-project/ray#63202, a gRPC fork race in the
-head's Ray Client proxy. This is the figure that says whether the nodes still need the variable after a Ray
-upgrade.
+it a zombie) — ray-project/ray#63202, a gRPC fork race in the head's Ray Client proxy — or never heard from it
+("Proxy failed to Connect to backend", after 30 s: the race once the server is running, or any other server
+that never answers). The "without" run takes the variable out of the environment too (the image sets it).
+This is the figure that says whether the nodes still need the variable after a Ray upgrade.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 from importlib.metadata import version
 import subprocess
@@ -49,7 +51,9 @@ print("ok", ray.get(ray.remote(lambda: 1).remote()))
 
 
 def run_way(node_env: dict[str, str], sessions: int, at_once: int) -> dict[str, Any]:
-    cluster = LocalCluster(node_env=dict(node_env))
+    inherited = {k: os.environ.pop(k) for k in NODE_ENV if k not in node_env and k in os.environ}  # (the image
+    cluster = LocalCluster(node_env=dict(node_env))                                               # sets them)
+    head_env = {k: {**cluster.env, **cluster.node_env}.get(k, "(unset)") for k in NODE_ENV}
     try:
         cluster.start_head(num_cpus=1)
 
@@ -67,7 +71,8 @@ def run_way(node_env: dict[str, str], sessions: int, at_once: int) -> dict[str, 
         wall = time.monotonic() - start
     finally:
         cluster.stop()
-    return {"node_env": node_env, "sessions": sessions, "at_once": at_once,
+        os.environ.update(inherited)
+    return {"head_env": head_env, "sessions": sessions, "at_once": at_once,
             "failed": sum(1 for code, _ in results if code),
             "failed_by_reason": dict(Counter(reason for code, reason in results if code)),
             "wall_s": round(wall, 1)}

@@ -24,8 +24,8 @@ from pathlib import Path
 
 
 # What every node of a cluster should run with (the image sets the same): the head forks a server process for
-# each Ray Client session, and gRPC's fork handlers can kill it as it starts (ray-project/ray#63202; 7 of 40
-# sessions here, 4 at once, without it; 0 of 40 with it).
+# each Ray Client session, and gRPC's fork handlers can kill it as it starts (ray-project/ray#63202; 3 to 10
+# of 40 sessions, 4 at once, without it; none with it: bench/bench_client_sessions.py).
 NODE_ENV = {"GRPC_ENABLE_FORK_SUPPORT": "false"}
 
 

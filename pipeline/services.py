@@ -2,11 +2,13 @@
 answer within a short connect timeout is `Unreachable` (exit 4), each said in one line naming the option."""
 from __future__ import annotations
 
+import copy
 import os
 import stat
 import socket
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from pipeline.errors import UserError
@@ -149,20 +151,25 @@ def check_ray_address(address: str, flag: str = "--address", *, schemes: tuple[s
     check_tcp(host, port, f"{flag} {address}")
 
 
-CLIENT_SESSION_TRIES = 3  # Ray Client sessions whose server dies as it starts are asked for again this often
+CLIENT_SESSION_TRIES = 3  # tries in all for a Ray Client session whose server died as the head started it
 # what Ray Client is told when the session's server died as the head started it: the proxy saw it exit, or its
 # own look at the process found it gone (ray/util/client/server/proxier.py, start_specific_server)
 CLIENT_SERVER_DIED = ("Starting Ray client server failed", "psutil.ZombieProcess", "psutil.NoSuchProcess")
+LOGS = ("the head's ray_client_server*.err logs (in its Ray temp dir, by default /tmp/ray/session_latest/logs) "
+        "say why")
 
 
-def init_ray(address: str | None, flag: str = "--address", **kwargs: object) -> None:
+def init_ray(address: str | None, flag: str = "--address", **kwargs: Any) -> None:
     """`ray.init(address, **kwargs)`, where a Ray Client session (ray://) that the cluster fails to open is
     asked for again and then said in one line (exit 4) instead of a traceback.
 
     The head forks a server process for each Ray Client session; gRPC's fork handlers in the proxy can kill
-    it as it starts (ray-project/ray#63202: `Check failed: next_worker->state == KICKED`), a few times in a
-    hundred on a busy head unless the head runs with GRPC_ENABLE_FORK_SUPPORT=false. Nothing has run when
-    that happens (no driver, no task, no ledger entry), so a new session is safe to ask for."""
+    it as it starts (ray-project/ray#63202: `Check failed: next_worker->state == KICKED`): 3 to 10 sessions
+    in 40, 4 at a time, on this project's test head (bench/bench_client_sessions.py), none once the nodes run
+    with GRPC_ENABLE_FORK_SUPPORT=false. Nothing has run when that happens (no driver, no task, no ledger
+    entry), so a new session is safe to ask for; each failed one costs about 30 s (the proxy's reconnect grace
+    period). Ray keeps no state from a failed session (its client disconnects itself), but it rewrites the
+    runtime env it was given, so each try gets its own copy of the arguments."""
     import ray
 
     if not str(address or "").startswith("ray://"):
@@ -170,7 +177,7 @@ def init_ray(address: str | None, flag: str = "--address", **kwargs: object) -> 
         return
     for attempt in range(1, CLIENT_SESSION_TRIES + 1):
         try:
-            ray.init(address=address, **kwargs)
+            ray.init(address=address, **copy.deepcopy(kwargs))
             return
         except ConnectionError as exc:  # ConnectionAbortedError: the head refused or could not start the session
             text = str(exc)
@@ -178,13 +185,15 @@ def init_ray(address: str | None, flag: str = "--address", **kwargs: object) -> 
             if died and attempt < CLIENT_SESSION_TRIES:
                 time.sleep(float(attempt))
                 continue
+            try:
+                ray.shutdown()  # leaves client mode: this process is not half-connected afterwards
+            except Exception:  # noqa: BLE001 - the one-line error below is what matters
+                pass
             lines = [line.strip() for line in text.splitlines() if line.strip()]
             reason = lines[-1] if lines else type(exc).__name__
-            hint = ("the head's ray_client_server*.err logs (under /tmp/ray/session_latest/logs) say why; when "
-                    "they show `Check failed: next_worker->state == KICKED`, start the head with "
+            hint = (f"{LOGS}; when they show `Check failed: next_worker->state == KICKED`, start the head with "
                     "GRPC_ENABLE_FORK_SUPPORT=false" if died
-                    else "check that the head runs the same Ray and Python versions, or submit through the "
-                         "dashboard (http://HEAD:8265)")
+                    else f"{LOGS}, or submit through the dashboard (http://HEAD:8265) instead")
             tries = f" ({attempt} tries)" if attempt > 1 else ""
             raise Unreachable(f"{flag} {address}: Ray Client could not open a session{tries}: {reason}; "
                               f"{hint}") from None

@@ -131,8 +131,8 @@ def test_the_heads_ray_client_proxy_runs_without_grpc_fork_handlers(cluster) -> 
     port = cluster.client_address.rsplit(":", 1)[1]
     proxies = []
     for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if "ray.util.client.server" in cmd and "--mode=proxy" in cmd and f"--port={port}" in cmd:
+        argv = proc.info["cmdline"] or []
+        if "ray.util.client.server" in argv and "--mode=proxy" in argv and f"--port={port}" in argv:
             proxies.append(proc.environ())
     assert len(proxies) == 1, proxies
     assert proxies[0].get("GRPC_ENABLE_FORK_SUPPORT") == "false"

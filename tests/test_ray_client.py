@@ -6,6 +6,7 @@ test_multinode checks that the head's proxy really has it.
 """
 from __future__ import annotations
 
+import copy
 import socket
 from pathlib import Path
 
@@ -31,10 +32,22 @@ class FakeInit:
         self.fails, self.error, self.calls = fails, error, []
 
     def __call__(self, address=None, **kwargs):
-        self.calls.append((address, kwargs))
+        self.calls.append((address, copy.deepcopy(kwargs)))
+        env = kwargs.get("runtime_env")
+        if env and "working_dir" in env:  # as Ray does: the folder becomes its uploaded package, excludes go
+            env["working_dir"] = "gcs://_ray_pkg_0123456789abcdef.zip"
+            env.pop("excludes", None)
         if len(self.calls) <= self.fails:
             raise self.error
         return None
+
+
+@pytest.fixture(autouse=True)
+def shutdowns(monkeypatch):
+    """ray.shutdown recorded, not run: this test session's own Ray must stay up."""
+    calls = []
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append(1))
+    return calls
 
 
 @pytest.fixture()
@@ -53,18 +66,21 @@ ZOMBIE = ("Initialization failure from server:\nTraceback (most recent call last
 def test_a_session_whose_server_died_is_asked_for_again(monkeypatch, no_sleep, said) -> None:
     fake = FakeInit(fails=2, error=ConnectionAbortedError(said))
     monkeypatch.setattr(ray, "init", fake)
-    services.init_ray("ray://head:10001", namespace="microdrama", runtime_env={"working_dir": "/app"})
+    env = {"working_dir": "/app", "excludes": [".venv"]}
+    services.init_ray("ray://head:10001", namespace="microdrama", runtime_env=env)
     assert len(fake.calls) == 3 and no_sleep == [1.0, 2.0]
-    assert all(call == ("ray://head:10001", {"namespace": "microdrama", "runtime_env": {"working_dir": "/app"}})
-               for call in fake.calls)
+    assert env == {"working_dir": "/app", "excludes": [".venv"]}  # each try had its own copy
+    assert all(call == ("ray://head:10001", {"namespace": "microdrama", "runtime_env": env}) for call in fake.calls)
 
 
-def test_a_head_that_never_opens_a_session_is_one_line_naming_the_address_and_the_fix(monkeypatch, no_sleep) -> None:
+def test_a_head_that_never_opens_a_session_is_one_line_naming_the_address_and_the_fix(monkeypatch, no_sleep,
+                                                                                     shutdowns) -> None:
     fake = FakeInit(fails=99, error=ConnectionAbortedError(SERVER_DIED))
     monkeypatch.setattr(ray, "init", fake)
     with pytest.raises(services.Unreachable) as caught:
         services.init_ray("ray://head:10001", "--address")
     assert len(fake.calls) == services.CLIENT_SESSION_TRIES == 3
+    assert shutdowns == [1]  # client mode is left: the process is not half-connected afterwards
     text = str(caught.value)
     assert "\n" not in text and caught.value.exit_code == 4
     assert text.startswith("--address ray://head:10001: Ray Client could not open a session (3 tries): "
@@ -76,8 +92,8 @@ def test_other_session_failures_are_not_asked_for_again(monkeypatch, no_sleep) -
     fake = FakeInit(fails=99, error=ConnectionAbortedError("Initialization failure from server:\nRuntimeError: "
                                                            "Proxy failed to Connect to backend!"))
     monkeypatch.setattr(ray, "init", fake)
-    with pytest.raises(services.Unreachable, match=r"Proxy failed to Connect to backend!; check that the head runs "
-                                                   r"the same Ray and Python versions"):
+    with pytest.raises(services.Unreachable, match=r"Proxy failed to Connect to backend!; the head's "
+                                                   r"ray_client_server\*\.err logs .* say why, or submit through"):
         services.init_ray("ray://head:10001")
     assert len(fake.calls) == 1 and no_sleep == []
 
