@@ -20,12 +20,12 @@ import datetime as dt
 import json
 import os
 import platform
-from importlib.metadata import version
 import subprocess
 import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from pipeline.services import CLIENT_SERVER_DIED
 
 RESULTS = Path(__file__).resolve().parent / "results" / "client_sessions.json"
 ROOT = Path(__file__).resolve().parents[1]
-# what a failed session's client says: the head saw its server die as it started, or never heard from it (60 s)
+# what a failed session's client says: the head saw its server die as it started, or never heard from it (30 s)
 REASONS = (*CLIENT_SERVER_DIED, "Proxy failed to Connect to backend")
 
 CLIENT = """
