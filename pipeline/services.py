@@ -190,7 +190,7 @@ def init_ray(address: str | None, flag: str = "--address", **kwargs: Any) -> Non
             except Exception:  # noqa: BLE001 - the one-line error below is what matters
                 pass
             lines = [line.strip() for line in text.splitlines() if line.strip()]
-            reason = lines[-1] if lines else type(exc).__name__
+            reason = lines[-1].rstrip(".") if lines else type(exc).__name__  # (then `; hint`, not `.; hint`)
             hint = (f"{LOGS}; when they show `Check failed: next_worker->state == KICKED`, start the head with "
                     "GRPC_ENABLE_FORK_SUPPORT=false" if died
                     else f"{LOGS}, or submit through the dashboard (http://HEAD:8265) instead")

@@ -86,6 +86,7 @@ def test_a_head_that_never_opens_a_session_is_one_line_naming_the_address_and_th
     assert text.startswith("--address ray://head:10001: Ray Client could not open a session (3 tries): "
                            "RuntimeError: Starting Ray client server failed.")
     assert "GRPC_ENABLE_FORK_SUPPORT=false" in text and "ray_client_server" in text
+    assert "for detailed logs; the head's" in text  # one sentence: Ray's closing period gives way to the hint
 
 
 def test_other_session_failures_are_not_asked_for_again(monkeypatch, no_sleep) -> None:
