@@ -38,7 +38,9 @@ def ensure_ray(address: str | None = None) -> None:
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, configure_logging=False,
                                   namespace="microdrama")
     if address:
-        kwargs["runtime_env"] = {"working_dir": root, "excludes": [".venv", "out", ".cache", "*.db"]}
+        from pipeline.submit import EXCLUDES  # what `submit` leaves out of the upload: keys, databases, venvs
+
+        kwargs["runtime_env"] = {"working_dir": root, "excludes": list(EXCLUDES)}
     init_ray(address, **kwargs)
 
 

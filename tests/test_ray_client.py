@@ -138,3 +138,18 @@ def test_the_image_and_local_clusters_run_nodes_without_grpc_fork_handlers() -> 
     dockerfile = (ROOT / "Dockerfile").read_text("utf-8")
     base = dockerfile.split("FROM debian", 1)[1].split("\nFROM ", 1)[0]  # the stage every image builds on
     assert "GRPC_ENABLE_FORK_SUPPORT=false" in base
+
+
+def test_run_on_a_cluster_uploads_the_project_as_submit_does(monkeypatch) -> None:
+    """`run --address ray://…` carries the project to the cluster with submit's excludes: never a signing key,
+    a database or a venv (it had its own shorter list, which uploaded *.key files)."""
+    from pipeline.runner import ensure_ray
+    from pipeline.submit import EXCLUDES
+
+    fake = FakeInit(fails=0, error=ConnectionError())
+    monkeypatch.setattr(ray, "init", fake)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    ensure_ray("ray://head:10001")
+    ((address, kwargs),) = fake.calls
+    assert address == "ray://head:10001" and kwargs["runtime_env"]["working_dir"] == str(ROOT)
+    assert kwargs["runtime_env"]["excludes"] == EXCLUDES and {"*.key", "*.db", ".venv"} <= set(EXCLUDES)
